@@ -1,0 +1,38 @@
+# Every target creates .venv and installs what it needs, idempotently (stamp files track setup.cfg).
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bench soak clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+$(VENV)/.stamp-base: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install -e . tqdm
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-base
+	$(PIP) install -e '.[test]'
+	touch $@
+
+$(VENV)/.stamp-bench: $(VENV)/.stamp-base
+	$(PIP) install -e '.[bench]' || $(PIP) install pyepics
+	touch $@
+
+demo: $(VENV)/.stamp-base
+	$(PY) -m capar.demo
+
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest -q -m "not soak" tests
+
+soak: $(VENV)/.stamp-test
+	$(PY) -m pytest -q -m soak tests
+
+bench: $(VENV)/.stamp-bench
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

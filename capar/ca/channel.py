@@ -1,0 +1,835 @@
+"""pyepics-compatible channel functions: create/connect/get/get_complete/put/subscriptions/poll/pend_*.
+
+Threads: every public function runs in the caller's thread, attached (automatically, see
+:func:`capar.ca.context.ensure_context`) to a CA context.  The four C callbacks (connection, get, put,
+subscription event) run on libca's threads in preemptive mode; they take the GIL, update one channel entry
+under its condition variable and return.  User callbacks run in that thread too, exactly as in pyepics;
+an exception in a user callback is logged, never propagated into libca.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+
+from . import dbr, errors
+from .context import ensure_context, registry
+from .errors import BadPVName, CAPutError, ChannelAccessException, ChannelAccessGetFailure
+from .libca import ConnectionCallback, EventCallback, chid_t, evid_t
+
+__all__ = [
+    "DEFAULT_CONNECTION_TIMEOUT", "AUTOMONITOR_MAXLENGTH", "DEFAULT_SUBSCRIPTION_MASK", "MAX_PV_NAME_LENGTH",
+    "BadValue", "check_name", "preemptive_setting",
+    "create_channel", "connect_channel", "clear_channel", "name", "host_name", "element_count",
+    "field_type", "state", "isConnected", "access", "read_access", "write_access", "promote_type",
+    "get", "get_complete", "get_with_metadata", "get_complete_with_metadata", "get_ctrlvars",
+    "get_timevars", "get_timestamp", "get_severity", "get_precision", "get_enum_strings", "put",
+    "create_subscription", "clear_subscription", "poll", "pend_io", "pend_event", "flush_io", "test_io",
+    "clear_cache", "message", "version", "default_get_timeout", "encode_value", "unpack_value",
+    "channel_entry",
+]
+
+log = logging.getLogger("capar")
+
+DEFAULT_CONNECTION_TIMEOUT = 2.0  # seconds, as pyepics
+AUTOMONITOR_MAXLENGTH = 65536      # elements, as pyepics
+DEFAULT_SUBSCRIPTION_MASK = dbr.DBE_VALUE | dbr.DBE_ALARM
+MAX_PV_NAME_LENGTH = 1024          # characters; CA cannot carry much more in one search datagram
+
+_PENDING = object()
+
+
+class BadValue(TypeError, ValueError, CAPutError):
+    """A value cannot be converted to the PV's type or shape (names the PV)."""
+
+
+def preemptive_setting() -> bool:
+    """Current value of ``capar.ca.PREEMPTIVE_CALLBACK`` (read when a context is created)."""
+    mod = sys.modules.get("capar.ca")
+    return bool(getattr(mod, "PREEMPTIVE_CALLBACK", True))
+
+
+def check_name(pvname: Any) -> str:
+    """Validate a PV name before any network work: TypeError / BadPVName (a ValueError)."""
+    if isinstance(pvname, bytes):
+        try:
+            pvname = pvname.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadPVName(f"PV name is not valid UTF-8: {pvname!r}") from None
+    if not isinstance(pvname, str):
+        raise TypeError(f"PV name must be a str, not {type(pvname).__name__}: {pvname!r}")
+    if not pvname:
+        raise BadPVName("PV name is empty")
+    if len(pvname) > MAX_PV_NAME_LENGTH:
+        raise BadPVName(f"PV name is {len(pvname)} characters long (max {MAX_PV_NAME_LENGTH}): "
+                        f"{pvname[:40]!r}...")
+    if any(c <= " " or c == "\x7f" for c in pvname):
+        raise BadPVName(f"PV name contains whitespace or control characters: {pvname!r}")
+    return pvname
+
+
+class _Entry:
+    """What capar knows about one channel (owned by the registry; guarded by ``cond``)."""
+
+    __slots__ = ("chid", "pvname", "context", "callbacks", "conn", "cond", "get_results", "auto_cb",
+                 "ts", "failures", "__weakref__")
+
+    def __init__(self, chid: int, pvname: str, context: int, auto_cb: bool) -> None:
+        self.chid = chid
+        self.pvname = pvname
+        self.context = context
+        self.callbacks: list[Callable] = []
+        self.conn = False
+        self.cond = threading.Condition(threading.Lock())
+        self.get_results: dict[int, Any] = {}
+        self.auto_cb = auto_cb
+        self.ts = 0.0
+        self.failures = 0
+
+    def run_connection_callbacks(self, conn: bool) -> None:
+        for cb in list(self.callbacks):
+            try:
+                cb(pvname=self.pvname, chid=self.chid, conn=conn)
+            except Exception:
+                log.exception("capar: connection callback for %s raised", self.pvname)
+
+
+# --------------------------------------------------------------------------------------------------
+# C callbacks (run on libca threads)
+
+def _on_connect(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    entry = reg.channels.get(args.chid or 0)
+    if entry is None:
+        return
+    conn = args.op == dbr.OP_CONN_UP
+    with entry.cond:
+        entry.conn = conn
+        entry.cond.notify_all()
+    entry.run_connection_callbacks(conn)
+
+
+def _copy_dbr(args: Any) -> tuple[int, int, np.ndarray]:
+    size = dbr.dbr_size_n(args.type, args.count)
+    raw = np.empty(size, dtype=np.uint8)
+    if size:
+        ctypes.memmove(raw.ctypes.data, args.dbr, size)
+    return int(args.type), int(args.count), raw
+
+
+def _on_get(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    entry = reg.channels.get(args.chid or 0)
+    if entry is None:
+        return
+    ftype = int(args.usr or 0)
+    if args.status != errors.ECA.NORMAL or not args.dbr:
+        result: Any = ChannelAccessGetFailure(
+            f"get of {entry.pvname!r} failed: {errors.eca_message(args.status)}", entry.chid, args.status)
+    else:
+        result = _copy_dbr(args)
+    with entry.cond:
+        entry.get_results[ftype] = result
+        entry.cond.notify_all()
+
+
+def _on_put(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    rec = reg.puts.pop(int(args.usr or 0), None)
+    if rec is None:
+        return
+    rec["status"] = int(args.status)
+    rec["done"].set()
+    fn = rec.get("callback")
+    if callable(fn):
+        data = rec.get("callback_data")
+        kwargs = data if isinstance(data, dict) else {"data": data}
+        try:
+            fn(pvname=rec["pvname"], **kwargs)
+        except Exception:
+            log.exception("capar: put callback for %s raised", rec["pvname"])
+
+
+def _on_event(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    sub = reg.subscriptions.get(int(args.usr or 0))
+    if sub is None or args.status != errors.ECA.NORMAL or not args.dbr:
+        return
+    entry = reg.channels.get(args.chid or 0)
+    if entry is None:
+        return
+    ftype, count, raw = _copy_dbr(args)
+    try:
+        values, header = dbr.decode(ftype, count, raw)
+        kwds: dict[str, Any] = {"ftype": ftype, "count": count, "chid": entry.chid, "pvname": entry.pvname}
+        kwds.update(dbr.unpack_metadata(ftype, header))
+        value = unpack_value(entry, ftype, values, count=count)
+    except Exception:
+        log.exception("capar: cannot decode monitor event of %s", entry.pvname)
+        return
+    fn = sub["callback"]
+    if callable(fn):
+        try:
+            fn(value=value, **kwds)
+        except Exception:
+            log.exception("capar: monitor callback for %s raised", entry.pvname)
+
+
+def install_callbacks(reg: Any) -> None:
+    """Create the CFUNCTYPE objects libca calls (kept alive by the registry)."""
+    if not reg.callbacks:
+        reg.callbacks.update(
+            connect=ConnectionCallback(_on_connect), get=EventCallback(_on_get),
+            put=EventCallback(_on_put), event=EventCallback(_on_event))
+
+
+# --------------------------------------------------------------------------------------------------
+# channel table
+
+def _chid_int(chid: Any) -> int:
+    if isinstance(chid, int):
+        return chid
+    v = getattr(chid, "value", None)
+    if isinstance(v, int):
+        return v
+    raise ChannelAccessException(f"not a valid chid: {chid!r}")
+
+
+def channel_entry(chid: Any) -> _Entry:
+    """The registry entry of a chid created by capar in this process (ContextError otherwise)."""
+    reg = registry()
+    key = _chid_int(chid)
+    entry = reg.channels.get(key)
+    if entry is None:
+        raise errors.ContextError(
+            f"unknown channel id {key:#x}: cleared, or created in another process/context "
+            "(channels do not survive fork; create them again in this process)")
+    return entry
+
+
+def _lib() -> Any:
+    ensure_context()
+    return registry().lib
+
+
+def create_channel(pvname: str, connect: bool = False, auto_cb: bool = True,
+                   callback: Optional[Callable] = None) -> ctypes.c_long:
+    """Create (or reuse, per context) a channel; returns the chid as ``ctypes.c_long`` like pyepics.
+
+    connect : wait for the connection (``DEFAULT_CONNECTION_TIMEOUT`` seconds) before returning.
+    auto_cb : install capar's connection callback (needed for *callback* and connection events).
+    callback : called as ``callback(pvname=, chid=, conn=)`` on connection changes.
+    """
+    pvname = check_name(pvname)
+    ctx = ensure_context()
+    reg = registry()
+    lib = reg.lib
+    with reg.lock:
+        key = reg.by_name.get((ctx, pvname))
+        entry = reg.channels.get(key) if key is not None else None
+        if entry is None:
+            use_cb = bool(auto_cb or callable(callback))
+            chid = chid_t()
+            cb = reg.callbacks["connect"] if use_cb else None
+            lib.ca_create_channel(pvname.encode("utf-8"), ctypes.cast(cb, ctypes.c_void_p) if cb else None,
+                                  None, 0, ctypes.byref(chid))
+            entry = _Entry(chid.value, pvname, ctx, use_cb)
+            reg.channels[entry.chid] = entry
+            reg.by_name[(ctx, pvname)] = entry.chid
+            if callable(callback):
+                entry.callbacks.append(callback)
+            if not use_cb:
+                entry.conn = lib.ca_state(entry.chid) == dbr.CS_CONN
+        elif callable(callback) and callback not in entry.callbacks:
+            entry.callbacks.append(callback)
+            if entry.conn:
+                callback(pvname=pvname, chid=entry.chid, conn=True)
+    if connect:
+        connect_channel(entry.chid)
+    return ctypes.c_long(entry.chid)
+
+
+def _is_conn(entry: _Entry, lib: Any) -> bool:
+    if entry.auto_cb:
+        return entry.conn
+    entry.conn = lib.ca_state(entry.chid) == dbr.CS_CONN
+    return entry.conn
+
+
+def connect_channel(chid: Any, timeout: Optional[float] = None, verbose: bool = False) -> bool:
+    """Wait up to *timeout* seconds (default 2.0) for a channel to connect; returns the state."""
+    entry = channel_entry(chid)
+    lib = _lib()
+    if _is_conn(entry, lib):
+        return True
+    if timeout is None:
+        timeout = DEFAULT_CONNECTION_TIMEOUT
+    deadline = time.monotonic() + timeout
+    reg = registry()
+    while True:
+        remaining = deadline - time.monotonic()
+        if _is_conn(entry, lib):
+            return True
+        if remaining <= 0:
+            break
+        if entry.auto_cb and reg.preemptive:
+            with entry.cond:
+                entry.cond.wait_for(lambda: entry.conn, timeout=remaining)
+        else:
+            lib.ca_pend_event(min(remaining, 0.01))
+    entry.ts = time.time()
+    entry.failures += 1
+    if verbose:
+        log.warning("capar: %s not connected after %.2f s", entry.pvname, timeout)
+    return False
+
+
+def clear_channel(chid: Any) -> int:
+    """Clear a channel (its subscriptions go with it); returns the ECA status."""
+    reg = registry()
+    key = _chid_int(chid)
+    with reg.lock:
+        entry = reg.channels.pop(key, None)
+        if entry is None:
+            return errors.ECA.BADCHID
+        reg.by_name.pop((entry.context, entry.pvname), None)
+        for k, sub in list(reg.subscriptions.items()):
+            if sub["chid"] == key:
+                reg.subscriptions.pop(k, None)
+    if reg.finalized or reg.lib is None:
+        return errors.ECA.NORMAL
+    return reg.lib.ca_clear_channel(key)
+
+
+def name(chid: Any) -> str:
+    """PV name of a channel."""
+    return channel_entry(chid).pvname
+
+
+def host_name(chid: Any) -> str:
+    """``host:port`` of the server of a connected channel ("<disconnected>" otherwise)."""
+    entry = channel_entry(chid)
+    return registry().lib.ca_host_name(entry.chid).decode("utf-8", "replace")
+
+
+def element_count(chid: Any) -> int:
+    """Native element count (0 while disconnected)."""
+    entry = channel_entry(chid)
+    return int(registry().lib.ca_element_count(entry.chid))
+
+
+def field_type(chid: Any) -> int:
+    """Native DBR type (0..6), -1 while never connected."""
+    entry = channel_entry(chid)
+    return int(registry().lib.ca_field_type(entry.chid))
+
+
+def state(chid: Any) -> int:
+    """libca channel state (``dbr.CS_CONN`` == 2 when connected)."""
+    entry = channel_entry(chid)
+    return int(registry().lib.ca_state(entry.chid))
+
+
+def isConnected(chid: Any) -> bool:
+    """True when the channel is connected."""
+    return state(chid) == dbr.CS_CONN
+
+
+def read_access(chid: Any) -> int:
+    """1 when the channel may be read."""
+    return int(registry().lib.ca_read_access(channel_entry(chid).chid))
+
+
+def write_access(chid: Any) -> int:
+    """1 when the channel may be written."""
+    return int(registry().lib.ca_write_access(channel_entry(chid).chid))
+
+
+def access(chid: Any) -> str:
+    """'no access', 'read-only', 'write-only' or 'read/write'."""
+    acc = read_access(chid) + 2 * write_access(chid)
+    return ("no access", "read-only", "write-only", "read/write")[acc]
+
+
+def promote_type(chid: Any, use_time: bool = False, use_ctrl: bool = False) -> int:
+    """Native type of a channel promoted to its TIME or CTRL form."""
+    return dbr.promote_type(field_type(chid), use_time=use_time, use_ctrl=use_ctrl)
+
+
+# --------------------------------------------------------------------------------------------------
+# get
+
+def default_get_timeout(count: int) -> float:
+    """The documented default get timeout: ``0.5 + log10(count)`` seconds."""
+    return 0.5 + math.log10(max(1, int(count)))
+
+
+def _as_string(entry: _Entry, ftype: int, values: np.ndarray, val: Any, count: int) -> Any:
+    native = dbr.native_type(ftype)
+    if native == dbr.CHAR and count < AUTOMONITOR_MAXLENGTH:
+        raw = bytes(np.asarray(values, dtype=np.uint8))
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+    if native == dbr.ENUM and count == 1:
+        strs = get_enum_strings(entry.chid)
+        try:
+            return strs[int(val)] if strs else str(val)
+        except (IndexError, TypeError):
+            return str(val)
+    if native == dbr.STRING:
+        return val if isinstance(val, str) else list(val)
+    if count > 1:
+        return f"<array count={count}, type={ftype}>"
+    return str(val)
+
+
+def unpack_value(entry: _Entry, ftype: int, values: np.ndarray, count: Optional[int] = None,
+                 as_numpy: bool = True) -> Any:
+    """Python value of decoded DBR *values* with pyepics' unpacking rules."""
+    n = len(values) if not count else min(int(count), len(values))
+    values = values[:n]
+    native = dbr.native_type(ftype)
+    lib = registry().lib
+    elem_count = int(lib.ca_element_count(entry.chid)) if lib is not None else n
+    if native == dbr.STRING:
+        out = [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in values.tolist()]
+        return out[0] if (len(out) == 1 and elem_count <= 1) else out
+    if native == dbr.CHAR and elem_count > 1:
+        return values.copy() if as_numpy else values.tolist()
+    if n == 1:
+        return values[0].item()
+    return values.copy() if as_numpy else values.tolist()
+
+
+def _request_get(entry: _Entry, ftype: int, count: int) -> None:
+    lib = registry().lib
+    with entry.cond:
+        if entry.get_results.get(ftype) is _PENDING:
+            return
+        entry.get_results[ftype] = _PENDING
+    status = lib.ca_array_get_callback(ftype, count, entry.chid, registry().callbacks["get"], ftype)
+    if status != errors.ECA.NORMAL:
+        with entry.cond:
+            entry.get_results[ftype] = None
+        errors.raise_for_status(status, "ca.get", entry.pvname)
+    lib.ca_flush_io()
+
+
+def _maybe_connect(entry: _Entry, timeout: Optional[float]) -> bool:
+    lib = _lib()
+    if _is_conn(entry, lib):
+        return True
+    return connect_channel(entry.chid, timeout=DEFAULT_CONNECTION_TIMEOUT if timeout is None else timeout)
+
+
+def get_with_metadata(chid: Any, ftype: Optional[int] = None, count: Optional[int] = None, wait: bool = True,
+                      timeout: Optional[float] = None, as_string: bool = False,
+                      as_numpy: bool = True) -> Optional[dict]:
+    """Value and metadata of a channel as a dict (``'value'`` plus TIME/CTRL keys), or None.
+
+    timeout : float, seconds — default ``0.5 + log10(count)``.  None is returned (and the reason
+    logged) when the channel is not connected, ``wait=False`` was used, or the data did not arrive.
+    """
+    entry = channel_entry(chid)
+    if not _maybe_connect(entry, timeout):
+        log.warning("capar: get(%r): channel not connected", entry.pvname)
+        return None
+    lib = registry().lib
+    if ftype is None:
+        ftype = int(lib.ca_field_type(entry.chid))
+    if ftype < 0:
+        log.warning("capar: get(%r): channel not connected", entry.pvname)
+        return None
+    nelm = int(lib.ca_element_count(entry.chid))
+    req = 0 if count is None else max(0, min(int(count), nelm))
+    _request_get(entry, ftype, req)
+    if not wait:
+        return None
+    return get_complete_with_metadata(entry.chid, ftype=ftype, count=count, timeout=timeout,
+                                      as_string=as_string, as_numpy=as_numpy)
+
+
+def get(chid: Any, ftype: Optional[int] = None, count: Optional[int] = None, wait: bool = True,
+        timeout: Optional[float] = None, as_string: bool = False, as_numpy: bool = True) -> Any:
+    """Current value of a channel (None when incomplete: see :func:`get_complete`).
+
+    timeout : float, seconds — default ``0.5 + log10(count)``.
+    """
+    info = get_with_metadata(chid, ftype=ftype, count=count, wait=wait, timeout=timeout,
+                             as_string=as_string, as_numpy=as_numpy)
+    return None if info is None else info["value"]
+
+
+def get_complete_with_metadata(chid: Any, ftype: Optional[int] = None, count: Optional[int] = None,
+                               timeout: Optional[float] = None, as_string: bool = False,
+                               as_numpy: bool = True) -> Optional[dict]:
+    """Wait for an earlier get request (no new request); dict with ``'value'`` or None.
+
+    timeout : float, seconds — default ``0.5 + log10(count)``.
+    """
+    entry = channel_entry(chid)
+    lib = registry().lib
+    if ftype is None:
+        ftype = int(lib.ca_field_type(entry.chid))
+    nelm = int(lib.ca_element_count(entry.chid))
+    if timeout is None:
+        timeout = default_get_timeout(nelm if count is None else min(int(count), max(nelm, 1)))
+    with entry.cond:
+        result = entry.get_results.get(ftype)
+    if result is None:
+        log.warning("capar: get_complete(%r) without an earlier get()", entry.pvname)
+        return None
+    if result is _PENDING:
+        deadline = time.monotonic() + timeout
+        reg = registry()
+        while True:
+            remaining = deadline - time.monotonic()
+            with entry.cond:
+                result = entry.get_results.get(ftype)
+                if result is not _PENDING or remaining <= 0:
+                    break
+                if reg.preemptive:
+                    entry.cond.wait(remaining)
+                    continue
+            lib.ca_pend_event(min(remaining, 0.005))
+        if result is _PENDING:
+            log.warning("capar: get(%r) timed out after %.2f s", entry.pvname, timeout)
+            return None
+    if isinstance(result, Exception):
+        raise result
+    rtype, rcount, raw = result
+    values, header = dbr.decode(rtype, rcount, raw)
+    md = dbr.unpack_metadata(rtype, header)
+    n = rcount if count is None else min(int(count), rcount)
+    val = unpack_value(entry, rtype, values, count=n, as_numpy=as_numpy)
+    if as_string:
+        val = _as_string(entry, rtype, values[:n], val, n)
+    md["value"] = val
+    return md
+
+
+def get_complete(chid: Any, ftype: Optional[int] = None, count: Optional[int] = None,
+                 timeout: Optional[float] = None, as_string: bool = False, as_numpy: bool = True) -> Any:
+    """Complete an earlier ``get(wait=False)`` (or timed-out get) without a new request; None if not done.
+
+    timeout : float, seconds — default ``0.5 + log10(count)``.
+    """
+    info = get_complete_with_metadata(chid, ftype=ftype, count=count, timeout=timeout,
+                                      as_string=as_string, as_numpy=as_numpy)
+    return None if info is None else info["value"]
+
+
+def get_ctrlvars(chid: Any, timeout: float = 5.0, warn: bool = True) -> Optional[dict]:
+    """CTRL metadata (units, precision, limits, enum_strs, status, severity) of a channel, or None.
+
+    timeout : float, seconds.
+    """
+    entry = channel_entry(chid)
+    if not _maybe_connect(entry, timeout):
+        return None
+    ftype = promote_type(entry.chid, use_ctrl=True)
+    md = get_with_metadata(entry.chid, ftype=ftype, count=1, timeout=timeout, wait=True)
+    if md is not None:
+        md.pop("value", None)
+    return md
+
+
+def get_timevars(chid: Any, timeout: float = 5.0, warn: bool = True) -> Optional[dict]:
+    """TIME metadata (status, severity, timestamp, posixseconds, nanoseconds) of a channel, or None.
+
+    timeout : float, seconds.
+    """
+    entry = channel_entry(chid)
+    if not _maybe_connect(entry, timeout):
+        return None
+    ftype = promote_type(entry.chid, use_time=True)
+    md = get_with_metadata(entry.chid, ftype=ftype, count=1, timeout=timeout, wait=True)
+    if md is not None:
+        md.pop("value", None)
+    return md
+
+
+def get_timestamp(chid: Any) -> float:
+    """POSIX timestamp of the last update (0 when unknown)."""
+    return (get_timevars(chid) or {}).get("timestamp", 0)
+
+
+def get_severity(chid: Any) -> int:
+    """Alarm severity of a channel (0 when unknown)."""
+    return (get_timevars(chid) or {}).get("severity", 0)
+
+
+def get_precision(chid: Any) -> Optional[int]:
+    """Display precision of FLOAT/DOUBLE channels, None for other types."""
+    if field_type(chid) in (dbr.FLOAT, dbr.DOUBLE):
+        return (get_ctrlvars(chid) or {}).get("precision", None)
+    return None
+
+
+def get_enum_strings(chid: Any) -> Optional[tuple]:
+    """Enum state strings of ENUM channels, None for other types."""
+    if field_type(chid) == dbr.ENUM:
+        return (get_ctrlvars(chid) or {}).get("enum_strs", None)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# put
+
+def _int_range(dt: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dt)
+    return int(info.min), int(info.max)
+
+
+def encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int, int, np.ndarray]:
+    """Convert a Python value for a put: (dbr type, count, contiguous buffer); BadValue names the PV."""
+    nelm = max(int(nelm), 1)
+    if value is None:
+        raise BadValue(f"cannot put None to {pvname!r}")
+    if native == dbr.CHAR and nelm > 1 and isinstance(value, (str, bytes)):
+        raw = value.encode("utf-8") if isinstance(value, str) else value
+        if len(raw) >= nelm:
+            raise BadValue(f"{len(raw)}-byte text does not fit {pvname!r} ({nelm} chars incl. NUL)")
+        buf = np.frombuffer(raw + b"\0", dtype=np.uint8).copy()
+        return dbr.CHAR, len(buf), buf
+    if native in (dbr.STRING, dbr.ENUM) and (isinstance(value, (str, bytes)) or native == dbr.STRING):
+        items = [value] if isinstance(value, (str, bytes)) or np.ndim(value) == 0 else list(value)
+        if len(items) > nelm:
+            raise BadValue(f"{len(items)} strings do not fit {pvname!r} ({nelm} elements)")
+        buf = np.zeros(len(items), dtype="S40")
+        for i, item in enumerate(items):
+            if not isinstance(item, (str, bytes, int, float, np.number)) or isinstance(item, bool) and False:
+                raise BadValue(f"cannot put {type(item).__name__} {item!r} to string PV {pvname!r}")
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            if len(raw) >= dbr.MAX_STRING_SIZE:
+                raise BadValue(f"string of {len(raw)} bytes too long for {pvname!r} (max 39)")
+            buf[i] = raw
+        return dbr.STRING, len(items), buf
+    dt = dbr.value_dtype(native)
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise BadValue(f"cannot put {type(value).__name__} to {pvname!r}: {exc}") from None
+    if arr.dtype.kind in "US":
+        try:
+            arr = np.asarray([float(int(s, 0)) if dt.kind in "iu" and isinstance(s, str) and
+                              s.strip().lower().startswith(("0x", "0o", "0b")) else float(s)
+                              for s in arr.reshape(-1).tolist()]).reshape(arr.shape)
+        except (TypeError, ValueError):
+            raise BadValue(f"cannot put {value!r} to {dbr.NATIVE_NAMES[native]} PV {pvname!r}") from None
+    if arr.dtype.kind not in "biuf":
+        raise BadValue(f"cannot put {type(value).__name__} {value!r:.60} to "
+                       f"{dbr.NATIVE_NAMES[native]} PV {pvname!r}")
+    if arr.ndim > 1:
+        raise BadValue(f"cannot put a {arr.ndim}-d array of shape {arr.shape} to {pvname!r}")
+    flat = arr.reshape(-1)
+    if flat.size > nelm:
+        raise BadValue(f"{flat.size} elements do not fit {pvname!r} ({nelm} elements)")
+    if flat.size == 0:
+        raise BadValue(f"cannot put an empty array to {pvname!r}")
+    if dt.kind in "iu":
+        if flat.dtype.kind == "f":
+            if not np.all(np.isfinite(flat)):
+                raise BadValue(f"cannot put NaN/inf to integer PV {pvname!r}")
+        lo, hi = _int_range(dt)
+        if flat.size and (flat.min() < lo or flat.max() > hi):
+            raise BadValue(f"value out of range [{lo}, {hi}] for {dbr.NATIVE_NAMES[native]} PV {pvname!r}")
+    buf = np.ascontiguousarray(flat, dtype=dt)
+    return native, int(buf.size), buf
+
+
+def put(chid: Any, value: Any, wait: bool = False, timeout: float = 30, callback: Optional[Callable] = None,
+        callback_data: Any = None, ftype: Optional[int] = None) -> int:
+    """Write *value*; with *wait* block until processing completes (or *timeout* seconds).
+
+    Returns 1 (ECA_NORMAL) on success, -1 when the wait timed out.  A callback (or ``wait``) uses
+    ``ca_array_put_callback``; the callback is called as ``callback(pvname=, data=callback_data)``
+    (or with *callback_data* as keyword arguments when it is a dict).
+    """
+    entry = channel_entry(chid)
+    lib = _lib()
+    if not _is_conn(entry, lib) and not connect_channel(entry.chid, timeout=min(timeout, DEFAULT_CONNECTION_TIMEOUT)
+                                                        if timeout else DEFAULT_CONNECTION_TIMEOUT):
+        raise errors.ChannelNotConnected(f"put({entry.pvname!r}): channel not connected", pvname=entry.pvname)
+    native = dbr.native_type(ftype if ftype is not None else int(lib.ca_field_type(entry.chid)))
+    nelm = int(lib.ca_element_count(entry.chid))
+    ptype, count, buf = encode_value(entry.pvname, native, nelm, value)
+    if not lib.ca_write_access(entry.chid):
+        raise CAPutError(f"put({entry.pvname!r}): no write access", errors.ECA.NOWTACCESS, entry.pvname)
+    ptr = buf.ctypes.data
+    if not (wait or callable(callback)):
+        status = lib.ca_array_put(ptype, count, entry.chid, ptr)
+        errors.raise_for_status(status, "ca.put", entry.pvname)
+        lib.ca_flush_io()
+        return status
+    reg = registry()
+    key = reg.new_key()
+    rec = {"pvname": entry.pvname, "done": threading.Event(), "status": None, "callback": callback,
+           "callback_data": callback_data, "buf": buf}
+    reg.puts[key] = rec
+    status = lib.ca_array_put_callback(ptype, count, entry.chid, ptr, reg.callbacks["put"], key)
+    if status != errors.ECA.NORMAL:
+        reg.puts.pop(key, None)
+        errors.raise_for_status(status, "ca.put", entry.pvname)
+    lib.ca_flush_io()
+    if not wait:
+        return status
+    deadline = time.monotonic() + timeout
+    while not rec["done"].is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if reg.preemptive:
+            rec["done"].wait(remaining)
+        else:
+            lib.ca_pend_event(min(remaining, 0.005))
+    if not rec["done"].is_set():
+        log.warning("capar: put(%r, wait=True) not completed after %.2f s", entry.pvname, timeout)
+        return -1
+    if rec["status"] != errors.ECA.NORMAL:
+        log.warning("capar: put(%r) completed with %s", entry.pvname, errors.eca_message(rec["status"]))
+        return -1
+    return status
+
+
+# --------------------------------------------------------------------------------------------------
+# subscriptions
+
+def create_subscription(chid: Any, use_time: bool = False, use_ctrl: bool = False, ftype: Optional[int] = None,
+                        mask: Optional[int] = None, callback: Optional[Callable] = None, count: int = 0,
+                        timeout: Optional[float] = None) -> tuple:
+    """Subscribe to changes; *callback* gets ``value=`` plus pvname/chid/ftype/count and TIME/CTRL keys.
+
+    Returns ``(callback_ref, user_arg_ref, event_id)`` like pyepics.
+    timeout : float, seconds to wait for the connection when *ftype* is not given.
+    """
+    entry = channel_entry(chid)
+    lib = _lib()
+    mask = mask or DEFAULT_SUBSCRIPTION_MASK
+    if ftype is None:
+        if not _is_conn(entry, lib) and not connect_channel(entry.chid, timeout=timeout):
+            raise ChannelAccessException(
+                f"create_subscription() timed out waiting {entry.pvname!r} to connect "
+                f"({DEFAULT_CONNECTION_TIMEOUT if timeout is None else timeout} seconds)")
+        ftype = int(lib.ca_field_type(entry.chid))
+    ftype = dbr.promote_type(ftype, use_time=use_time, use_ctrl=use_ctrl)
+    reg = registry()
+    key = reg.new_key()
+    evid = evid_t()
+    sub = {"chid": entry.chid, "callback": callback, "evid": None}
+    reg.subscriptions[key] = sub
+    try:
+        lib.ca_create_subscription(ftype, count, entry.chid, mask, reg.callbacks["event"], key,
+                                   ctypes.byref(evid))
+    except Exception:
+        reg.subscriptions.pop(key, None)
+        raise
+    sub["evid"] = evid.value
+    lib.ca_flush_io()
+    return (reg.callbacks["event"], key, evid)
+
+
+def clear_subscription(event_id: Any) -> int:
+    """Cancel a subscription (the evid or the tuple create_subscription returned); ECA status."""
+    if isinstance(event_id, tuple):
+        event_id = event_id[2]
+    ev = getattr(event_id, "value", event_id)
+    reg = registry()
+    with reg.lock:
+        for k, sub in list(reg.subscriptions.items()):
+            if sub["evid"] == ev:
+                reg.subscriptions.pop(k, None)
+    if reg.finalized or reg.lib is None:
+        return errors.ECA.NORMAL
+    return reg.lib.ca_clear_subscription(ev)
+
+
+# --------------------------------------------------------------------------------------------------
+# event loop and housekeeping
+
+def pend_io(timeout: float = 1.0) -> int:
+    """``ca_pend_io``: wait up to *timeout* seconds for outstanding channel creates/gets; ECA status."""
+    return _lib().ca_pend_io(float(timeout))
+
+
+def pend_event(timeout: float = 1.e-5) -> int:
+    """``ca_pend_event``: process CA events for *timeout* seconds; ECA status."""
+    return _lib().ca_pend_event(float(timeout))
+
+
+def poll(evt: float = 1.e-5, iot: float = 1.0) -> int:
+    """Process events for *evt* seconds, then wait up to *iot* seconds for outstanding IO."""
+    pend_event(evt)
+    return pend_io(iot)
+
+
+def flush_io() -> int:
+    """Send buffered requests now; ECA status."""
+    return _lib().ca_flush_io()
+
+
+def test_io() -> bool:
+    """True when all outstanding IO has completed."""
+    return _lib().ca_test_io() == errors.ECA.IODONE
+
+
+def message(status: int) -> str:
+    """libca's text for an ECA status code."""
+    return _lib().ca_message(int(status)).decode()
+
+
+def version() -> str:
+    """libca's protocol version string."""
+    return _lib().ca_version().decode()
+
+
+def clear_context_channels(ctx: int) -> None:
+    """Clear every channel capar created in context *ctx*."""
+    reg = registry()
+    for key, entry in list(reg.channels.items()):
+        if entry.context == ctx:
+            clear_channel(key)
+
+
+def clear_cache() -> None:
+    """Clear every channel and subscription of this process (pyepics ``clear_cache``); the context stays."""
+    reg = registry()
+    for hook in list(reg.extras.get("clear_cache_hooks", ())):
+        try:
+            hook()
+        except Exception:
+            log.exception("capar: clear_cache hook failed")
+    for key in list(reg.channels):
+        try:
+            clear_channel(key)
+        except Exception:
+            log.exception("capar: clearing channel failed")
+    reg.subscriptions.clear()
+    reg.by_name.clear()
+    if reg.lib is not None and not reg.finalized and reg.lib.ca_current_context():
+        reg.lib.ca_flush_io()
+
+
+def get_cache(pvname: str) -> Optional[_Entry]:
+    """The channel entry of *pvname* in the calling thread's context (None when absent)."""
+    reg = registry()
+    ctx = ensure_context()
+    key = reg.by_name.get((ctx, pvname))
+    return reg.channels.get(key) if key is not None else None
+
+
+def _iter_names(pvnames: Iterable[Any]) -> list[str]:
+    return [check_name(n) for n in pvnames]
