@@ -128,7 +128,7 @@ class LibCA:
         # ca_create_channel without errcheck: the bulk path checks statuses itself.
         self.raw_ca_create_channel = getattr(self.ca, "ca_create_channel")
         self.raw_ca_create_channel.restype = c_int
-        self.raw_ca_create_channel.argtypes = [c_char_p, c_void_p, c_void_p, c_uint, POINTER(chid_t)]
+        self.raw_ca_create_channel.argtypes = [c_char_p, c_void_p, c_void_p, c_uint, c_void_p]
         self.ca_clear_channel = f("ca_clear_channel", c_int, [chid_t])
         self.ca_state = f("ca_state", c_int, [chid_t])
         self.ca_name = f("ca_name", c_char_p, [chid_t])

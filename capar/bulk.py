@@ -1,0 +1,422 @@
+"""Bulk fast path: thousands of PVs created, connected and read with one deadline into a Snapshot.
+
+``Group`` keeps its channels for repeated reads/writes; ``acquire`` is the one-shot form; ``caget_many`` /
+``caput_many`` are pyepics' list functions built on the same path.  Per-PV failures never raise: they
+are reported in the Snapshot's ``ok``/``error`` columns (or as None / -1 in the pyepics functions).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from .ca import dbr
+from .ca.bulk import BulkChannels
+from .ca.channel import BadValue, check_name, encode_value
+from .ca.context import registry
+from .ca.errors import ECA, eca_message
+from .snapshot import Snapshot
+
+__all__ = ["Group", "acquire", "caget_many", "caput_many", "PutResult"]
+
+log = logging.getLogger("capar")
+
+FORMS = ("native", "time", "ctrl")
+_STRING_TIME = dbr.TIME_STRING
+
+
+@dataclass
+class PutResult:
+    """Per-PV outcome of a bulk put, in input order."""
+
+    names: np.ndarray
+    ok: np.ndarray
+    error: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def failed(self) -> list[tuple[str, Optional[str]]]:
+        return [(str(self.names[i]), self.error[i]) for i in np.flatnonzero(~self.ok)]
+
+    def status_list(self) -> list[int]:
+        """pyepics convention: 1 for success, -1 for failure."""
+        return [1 if ok else -1 for ok in self.ok.tolist()]
+
+
+def _validate(names: Iterable[Any]) -> tuple[list[Any], list[Optional[str]]]:
+    if isinstance(names, (str, bytes)):
+        raise TypeError("names must be a list of PV names, not a single string")
+    names = list(names)
+    errs: list[Optional[str]] = []
+    for n in names:
+        try:
+            check_name(n)
+            errs.append(None)
+        except (TypeError, ValueError) as exc:
+            errs.append(f"bad name: {exc}")
+    return names, errs
+
+
+class Group:
+    """Many channels connected together, read and written in one round trip each.
+
+    Parameters
+    ----------
+    names : sequence of str — duplicates allowed (each position is answered).
+    form : 'native', 'time' or 'ctrl' — which metadata the Snapshot carries.
+    count : int or None — maximum elements per array PV (None: the server's current length).
+    as_string : bool — enums as their strings, CHAR arrays as text, numbers as str.
+    connection_timeout : float, seconds — ONE deadline for connecting all channels.
+    """
+
+    def __init__(self, names: Iterable[str], form: str = "native", count: Optional[int] = None,
+                 as_string: bool = False, connection_timeout: float = 5.0) -> None:
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+        if count is not None and (not isinstance(count, (int, np.integer)) or count < 0):
+            raise ValueError(f"count must be a non-negative int or None, not {count!r}")
+        self.names, self._name_errors = _validate(names)
+        self.form = form
+        self.count = None if not count else int(count)
+        self.as_string = as_string
+        self.connection_timeout = float(connection_timeout)
+        good = [str(n) if not isinstance(n, bytes) else n.decode() for n, e in zip(self.names, self._name_errors)
+                if e is None]
+        self.unique: list[str] = list(dict.fromkeys(good))
+        pos = {n: i for i, n in enumerate(self.unique)}
+        self._map = np.asarray(
+            [pos[(n.decode() if isinstance(n, bytes) else n)] if e is None else -1
+             for n, e in zip(self.names, self._name_errors)], dtype=np.int64)
+        t0 = time.monotonic()
+        self._chans = BulkChannels([n.encode("utf-8") for n in self.unique])
+        reg = registry()
+        groups = reg.extras.setdefault("groups", weakref.WeakSet())
+        groups.add(self)
+        hooks = reg.extras.setdefault("clear_cache_hooks", [])
+        if _close_all_groups not in hooks:
+            hooks.append(_close_all_groups)
+        self.connected = self._chans.wait_connected(t0 + self.connection_timeout)
+        self._refresh_info()
+        self.connect_seconds = time.monotonic() - t0
+
+    # -- state -----------------------------------------------------------------------------------
+    def _refresh_info(self) -> None:
+        self.ftype, self.nelm = self._chans.info(self.connected)
+        self._enum_strs: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __enter__(self) -> "Group":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Group {len(self)} PVs, {int(self.connected.sum())}/{len(self.unique)} connected>"
+
+    def reconnect(self, timeout: float = 1.0) -> int:
+        """Wait up to *timeout* seconds for channels that are not connected; returns how many are."""
+        self.connected = self._chans.wait_connected(time.monotonic() + timeout)
+        self._refresh_info()
+        return int(self.connected.sum())
+
+    def close(self) -> None:
+        """Clear every channel (idempotent)."""
+        self._chans.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._chans.closed
+
+    # -- reads -------------------------------------------------------------------------------------
+    def get(self, timeout: float = 2.0) -> Snapshot:
+        """Read every PV with ONE deadline *timeout* (seconds); failures are per PV in the Snapshot."""
+        t0 = time.monotonic()
+        deadline = t0 + float(timeout)
+        u = len(self.unique)
+        # refresh connection state cheaply: channels may have (dis)connected since the last call
+        st = self._chans.states() == dbr.CS_CONN
+        if not np.array_equal(st, self.connected):
+            self.connected = st
+            self._refresh_info()
+        value = np.full(u, np.nan)
+        values = np.full(u, None, dtype=object)
+        status = np.full(u, -1, dtype=np.int16)
+        severity = np.full(u, -1, dtype=np.int16)
+        stamp = np.full(u, np.nan)
+        ok = np.zeros(u, dtype=bool)
+        error = np.full(u, None, dtype=object)
+        error[~self.connected] = "not connected"
+        ctrl_cols: dict[str, np.ndarray] = {}
+        if self.form == "ctrl":
+            ctrl_cols = _empty_ctrl(u)
+
+        conn_idx = np.flatnonzero(self.connected)
+        scalar = conn_idx[(self.nelm[conn_idx] == 1) | (self.count == 1)]
+        arrays = np.setdiff1d(conn_idx, scalar, assume_unique=True)
+        ctrl = self.form == "ctrl"
+        # scalars: one synchronous group per native type
+        for native in np.unique(self.ftype[scalar]).tolist():
+            idx = scalar[self.ftype[scalar] == native]
+            want_str = self.as_string and native == dbr.ENUM and not ctrl
+            dtype = _STRING_TIME if want_str else dbr.promote_type(native, use_time=not ctrl, use_ctrl=ctrl)
+            buf, done, req = self._chans.sg_get(idx, dtype, deadline)
+            good = idx[done]
+            vals = buf["value"][done]
+            status[good] = buf["status"][done]
+            severity[good] = buf["severity"][done]
+            if not ctrl:
+                stamp[good] = dbr.to_posix(buf["secs"][done], buf["nsec"][done])
+            else:
+                _fill_ctrl(ctrl_cols, good, buf[done])
+            ok[good] = True
+            bad = idx[~done]
+            if bad.size:
+                error[bad] = [("timeout" if r == ECA.NORMAL else eca_message(int(r))) for r in req[~done].tolist()]
+            if dbr.native_type(dtype) == dbr.STRING:
+                strs = [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in vals.tolist()]
+                values[good] = _obj(strs)
+            else:
+                value[good] = vals
+                if self.as_string:
+                    enum = ctrl and native == dbr.ENUM
+                    values[good] = _obj([self._scalar_text(native, v, i, buf, enum)
+                                         for v, i in zip(vals.tolist(), range(len(vals)))])
+                else:
+                    values[good] = _obj(vals.tolist())
+        # arrays: callback gets with count 0 (the server's current length)
+        if arrays.size:
+            types = np.asarray([dbr.promote_type(int(t), use_time=not ctrl, use_ctrl=ctrl)
+                                for t in self.ftype[arrays].tolist()], dtype=np.int64)
+            counts = np.full(arrays.size, self.count or 0, dtype=np.int64)
+            if self.count:
+                counts = np.minimum(counts, self.nelm[arrays])
+            results = self._chans.callback_get(arrays, types, counts, deadline)
+            for i, res in zip(arrays.tolist(), results):
+                if res is None:
+                    error[i] = "timeout"
+                    continue
+                if res[0] == "error":
+                    error[i] = eca_message(res[1])
+                    continue
+                _, rtype, rcount, raw = res
+                vals, header = dbr.decode(rtype, rcount, raw)
+                status[i], severity[i] = int(header["status"]), int(header["severity"])
+                if not ctrl:
+                    stamp[i] = float(dbr.to_posix(int(header["secs"]), int(header["nsec"])))
+                else:
+                    _fill_ctrl(ctrl_cols, np.asarray([i]), np.asarray([header]))
+                values[i] = self._array_value(rtype, vals)
+                ok[i] = True
+        # back to input order
+        m = self._map
+        valid = m >= 0
+        n = len(self.names)
+        snap = Snapshot.empty([n_ if isinstance(n_, str) else repr(n_) for n_ in self.names], form=self.form)
+        sel = m[valid]
+        snap.value[valid] = value[sel]
+        snap.values[valid] = values[sel]
+        snap.status[valid] = status[sel]
+        snap.severity[valid] = severity[sel]
+        snap.timestamp[valid] = stamp[sel]
+        snap.ok[valid] = ok[sel]
+        snap.error[valid] = error[sel]
+        if n and not valid.all():
+            snap.error[~valid] = np.asarray(self._name_errors, dtype=object)[~valid]
+        if ctrl_cols:
+            snap.ctrl = {k: _take(v, m) for k, v in ctrl_cols.items()}
+        snap.elapsed = time.monotonic() - t0
+        return snap
+
+    def _scalar_text(self, native: int, v: Any, k: int, buf: np.ndarray, enum: bool) -> str:
+        if enum:
+            strs = buf[k]["strs"][: int(buf[k]["no_str"])]
+            try:
+                return bytes(strs[int(v)]).split(b"\0", 1)[0].decode("utf-8", "replace")
+            except IndexError:
+                return str(v)
+        if native == dbr.CHAR:
+            return chr(v) if v else ""
+        return str(v)
+
+    def _array_value(self, rtype: int, vals: np.ndarray) -> Any:
+        native = dbr.native_type(rtype)
+        if native == dbr.STRING:
+            return [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in vals.tolist()]
+        if native == dbr.CHAR and self.as_string:
+            return bytes(vals).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+        return vals.copy()
+
+    # -- writes -------------------------------------------------------------------------------------
+    def put(self, values: Sequence[Any], wait: bool = False, timeout: float = 60.0) -> PutResult:
+        """Write one value per PV (input order).  *timeout* seconds: one deadline for all completions.
+
+        Values of the wrong type/shape, unconnected or read-only PVs fail alone (``PutResult.error``).
+        """
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise TypeError("values must be a sequence with one value per PV")
+        if len(values) != len(self.names):
+            raise ValueError(f"{len(values)} values for {len(self.names)} PVs")
+        deadline = time.monotonic() + float(timeout)
+        n = len(self.names)
+        ok = np.zeros(n, dtype=bool)
+        error = np.full(n, None, dtype=object)
+        st = self._chans.states() == dbr.CS_CONN
+        if not np.array_equal(st, self.connected):
+            self.connected = st
+            self._refresh_info()
+        items, targets, positions = [], [], []
+        for p in range(n):
+            u = int(self._map[p])
+            if u < 0:
+                error[p] = self._name_errors[p]
+                continue
+            if not self.connected[u]:
+                error[p] = "not connected"
+                continue
+            try:
+                items.append(encode_value(self.unique[u], int(self.ftype[u]), int(self.nelm[u]), values[p]))
+            except BadValue as exc:
+                error[p] = f"bad value: {exc}"
+                continue
+            targets.append(u)
+            positions.append(p)
+        if targets:
+            tidx = np.asarray(targets, dtype=np.int64)
+            writable = self._chans.write_access(tidx)
+            keep = [k for k in range(len(targets)) if writable[k]]
+            for k in range(len(targets)):
+                if not writable[k]:
+                    error[positions[k]] = "no write access"
+            results = self._chans.put(tidx[keep], [items[k] for k in keep], bool(wait), deadline)
+            for k, res in zip(keep, results):
+                p = positions[k]
+                if res is None:
+                    error[p] = "timeout"
+                elif res[0] == "error":
+                    error[p] = eca_message(res[1])
+                else:
+                    ok[p] = True
+        return PutResult(np.asarray([str(x) for x in self.names], dtype=object), ok, error)
+
+
+def _obj(items: list) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+_CTRL_FLOAT_COLS = ("upper_disp_limit", "lower_disp_limit", "upper_alarm_limit", "upper_warning_limit",
+                    "lower_warning_limit", "lower_alarm_limit", "upper_ctrl_limit", "lower_ctrl_limit")
+
+
+def _empty_ctrl(n: int) -> dict[str, np.ndarray]:
+    cols: dict[str, np.ndarray] = {k: np.full(n, np.nan) for k in _CTRL_FLOAT_COLS}
+    cols["precision"] = np.full(n, -1, dtype=np.int16)
+    cols["units"] = np.full(n, None, dtype=object)
+    cols["enum_strs"] = np.full(n, None, dtype=object)
+    return cols
+
+
+def _fill_ctrl(cols: dict[str, np.ndarray], idx: np.ndarray, recs: np.ndarray) -> None:
+    names = recs.dtype.names or ()
+    for k in _CTRL_FLOAT_COLS:
+        if k in names:
+            cols[k][idx] = recs[k]
+    if "precision" in names:
+        cols["precision"][idx] = recs["precision"]
+    if "units" in names:
+        cols["units"][idx] = _obj([bytes(u).split(b"\0", 1)[0].decode("utf-8", "replace")
+                                   for u in recs["units"].tolist()])
+    if "no_str" in names:
+        cols["enum_strs"][idx] = _obj([
+            tuple(bytes(s).split(b"\0", 1)[0].decode("utf-8", "replace") for s in r["strs"][: int(r["no_str"])])
+            for r in recs])
+
+
+def _take(col: np.ndarray, m: np.ndarray) -> np.ndarray:
+    out = np.empty(len(m), dtype=col.dtype) if col.dtype != object else np.full(len(m), None, dtype=object)
+    if col.dtype.kind == "f":
+        out[:] = np.nan
+    elif col.dtype.kind in "iu":
+        out[:] = -1
+    valid = m >= 0
+    out[valid] = col[m[valid]]
+    return out
+
+
+def _close_all_groups() -> None:
+    for g in list(registry().extras.get("groups", ())):
+        g.close()
+
+
+def acquire(names: Iterable[str], form: str = "time", timeout: float = 2.0, connection_timeout: float = 5.0,
+            count: Optional[int] = None, as_string: bool = False) -> Snapshot:
+    """One-shot bulk read: connect (one *connection_timeout* deadline, seconds), read (one *timeout*), close."""
+    with Group(names, form=form, count=count, as_string=as_string,
+               connection_timeout=connection_timeout) as g:
+        snap = g.get(timeout=timeout)
+        snap.elapsed += g.connect_seconds
+        return snap
+
+
+def caget_many(pvlist: Iterable[str], as_string: bool = False, as_numpy: bool = True,
+               count: Optional[int] = None, timeout: float = 1.0, connection_timeout: float = 5.0,
+               conn_timeout: Optional[float] = None) -> list:
+    """pyepics ``caget_many``: a list of values with None for PVs that did not connect or answer.
+
+    timeout : float, seconds for the read; connection_timeout : float, seconds for ALL connections.
+    """
+    if conn_timeout is not None:
+        connection_timeout = conn_timeout
+    snap = acquire(pvlist, form="native", timeout=timeout, connection_timeout=connection_timeout,
+                   count=count, as_string=as_string)
+    out = []
+    for v, ok, err, name in zip(snap.values.tolist(), snap.ok.tolist(), snap.error.tolist(), snap.names):
+        if not ok:
+            log.info("capar: caget_many: %s: %s", name, err)
+            out.append(None)
+        elif not as_numpy and isinstance(v, np.ndarray):
+            out.append(v.tolist())
+        else:
+            out.append(v)
+    return out
+
+
+def caput_many(pvlist: Iterable[str], values: Sequence[Any], wait: Union[bool, str] = False,
+               connection_timeout: float = 5.0, put_timeout: float = 60) -> list[int]:
+    """pyepics ``caput_many``: 1 for each successful put, -1 for each failure.
+
+    wait : False (no wait), 'each' (wait for each put in turn) or 'all'/True (issue all, then wait).
+    connection_timeout, put_timeout : float, seconds.
+    """
+    pvlist = list(pvlist)
+    if len(values) != len(pvlist):
+        raise ValueError(f"{len(values)} values for {len(pvlist)} PVs")
+    with Group(pvlist, connection_timeout=connection_timeout) as g:
+        if wait == "each":
+            return [_put_one(g, i, values[i], put_timeout) for i in range(len(pvlist))]
+        res = g.put(list(values), wait=bool(wait), timeout=put_timeout)
+        for name, err in res.failed:
+            log.warning("capar: caput_many: %s: %s", name, err)
+        return res.status_list()
+
+
+def _put_one(g: Group, i: int, value: Any, timeout: float) -> int:
+    sub = Group.__new__(Group)
+    sub.__dict__.update(g.__dict__)
+    sub.names = [g.names[i]]
+    sub._name_errors = [g._name_errors[i]]
+    sub._map = g._map[i:i + 1]
+    res = sub.put([value], wait=True, timeout=timeout)
+    if not res.ok[0]:
+        log.warning("capar: caput_many: %s: %s", res.names[0], res.error[0])
+    return 1 if res.ok[0] else -1

@@ -1,0 +1,292 @@
+"""Low-level bulk operations on many channels at once (the C-speed path under :mod:`capar.bulk`).
+
+No Python callback per PV on the scalar path: channels are created without connection callbacks, waited for
+with ``ca_pend_io`` slices under ONE deadline, and read into preallocated numpy struct arrays with
+``ca_sg_array_get`` + one ``ca_sg_block`` (synchronous groups are independent of other threads'
+``ca_pend_io``).  Requests that never complete are found by sentinels left in their buffers (an impossible
+``nsec`` for TIME structs, severity -1 for CTRL structs).  Arrays, whose length is only known by the server,
+use ``ca_array_get_callback`` with count 0; their callback copies the bytes and counts down a latch.
+
+Threads: everything runs in the caller's thread except :func:`_on_bulk`, which libca calls on its own
+thread; it only fills a slot of the request's result list.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import dbr, errors
+from .context import ensure_context, registry
+from .libca import EventCallback
+
+__all__ = ["BulkChannels", "TIME_SENTINEL_NSEC"]
+
+TIME_SENTINEL_NSEC = 0xFFFFFFFF
+_SLICE = 0.05  # seconds: longest single pend while waiting for connections
+
+
+class _Latch:
+    __slots__ = ("results", "remaining", "event", "lock", "active")
+
+    def __init__(self, n: int) -> None:
+        self.results: list[Any] = [None] * n
+        self.remaining = n
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+        self.active = True
+        if n == 0:
+            self.event.set()
+
+
+def _on_bulk(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    table = reg.extras.get("bulk_requests")
+    if table is None:
+        return
+    key = int(args.usr or 0)
+    item = table.pop(key, None)
+    if item is None:
+        return
+    latch, slot = item
+    if args.status != errors.ECA.NORMAL:
+        result: Any = ("error", int(args.status))
+    elif args.dbr:
+        size = dbr.dbr_size_n(args.type, args.count)
+        raw = np.empty(size, dtype=np.uint8)
+        ctypes.memmove(raw.ctypes.data, args.dbr, size)
+        result = ("ok", int(args.type), int(args.count), raw)
+    else:  # put completion
+        result = ("ok", int(args.type), int(args.count), None)
+    with latch.lock:
+        if not latch.active:
+            return
+        latch.results[slot] = result
+        latch.remaining -= 1
+        if latch.remaining <= 0:
+            latch.event.set()
+
+
+def _bulk_callback(reg: Any) -> Any:
+    cb = reg.callbacks.get("bulk")
+    if cb is None:
+        cb = reg.callbacks["bulk"] = EventCallback(_on_bulk)
+        reg.extras.setdefault("bulk_requests", {})
+    return cb
+
+
+class BulkChannels:
+    """A set of channels created without callbacks, owned by one context (see module docstring)."""
+
+    def __init__(self, names: Sequence[bytes]) -> None:
+        self.context = ensure_context()
+        reg = registry()
+        self._reg = reg
+        lib = reg.lib
+        n = len(names)
+        self.chids = np.zeros(n, dtype=np.uintp)
+        self.create_status = np.zeros(n, dtype=np.int32)
+        create = lib.raw_ca_create_channel
+        base = self.chids.ctypes.data
+        step = self.chids.itemsize
+        for i, nm in enumerate(names):
+            self.create_status[i] = create(nm, None, None, 0, base + i * step)
+        lib.ca_flush_io()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self.chids)
+
+    def _lib(self) -> Any:
+        if self.closed:
+            raise errors.ContextError("bulk channels already closed")
+        if self._reg is not registry():
+            raise errors.ContextError("these channels belong to another process (fork); create them again")
+        ensure_context()
+        return self._reg.lib
+
+    # -- connection ------------------------------------------------------------------------------
+    def states(self) -> np.ndarray:
+        """libca state of every channel (2 == connected; -1 where creation failed)."""
+        lib = self._lib()
+        st = lib.ca_state
+        out = np.full(len(self.chids), -1, dtype=np.int8)
+        for i, c in enumerate(self.chids.tolist()):
+            if c:
+                out[i] = st(c)
+        return out
+
+    def wait_connected(self, deadline: float) -> np.ndarray:
+        """Wait until every channel is connected or *deadline* (time.monotonic seconds); bool array."""
+        lib = self._lib()
+        while True:
+            remaining = deadline - time.monotonic()
+            status = lib.ca_pend_io(max(min(remaining, 3600.0), 1e-6)) if remaining > 0 else None
+            conn = self.states() == dbr.CS_CONN
+            if conn.all() or time.monotonic() >= deadline:
+                return conn
+            if status == errors.ECA.NORMAL:
+                # another thread's ca_pend_io reset the IO counter: fall back to short event slices
+                lib.ca_pend_event(min(_SLICE, max(deadline - time.monotonic(), 1e-6)))
+
+    def info(self, connected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(native field type, element count) of every channel; -1 / 0 where not connected."""
+        lib = self._lib()
+        ft = np.full(len(self.chids), -1, dtype=np.int16)
+        ne = np.zeros(len(self.chids), dtype=np.int64)
+        fft, fne = lib.ca_field_type, lib.ca_element_count
+        chids = self.chids.tolist()
+        for i in np.flatnonzero(connected).tolist():
+            c = chids[i]
+            ft[i] = fft(c)
+            ne[i] = fne(c)
+        return ft, ne
+
+    def read_access(self, idx: np.ndarray) -> np.ndarray:
+        lib = self._lib()
+        chids = self.chids.tolist()
+        return np.asarray([lib.ca_read_access(chids[i]) for i in idx.tolist()], dtype=bool)
+
+    def write_access(self, idx: np.ndarray) -> np.ndarray:
+        lib = self._lib()
+        chids = self.chids.tolist()
+        return np.asarray([lib.ca_write_access(chids[i]) for i in idx.tolist()], dtype=bool)
+
+    # -- reads -------------------------------------------------------------------------------------
+    def sg_get(self, idx: np.ndarray, dbrtype: int, deadline: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read one element of *dbrtype* from channels *idx* through one synchronous group.
+
+        Returns (struct array, done mask, request status per channel).
+        """
+        lib = self._lib()
+        dt = dbr.dtype_of(dbrtype)
+        buf = np.zeros(len(idx), dtype=dt)
+        if "nsec" in dt.names:
+            buf["nsec"] = TIME_SENTINEL_NSEC
+        else:
+            buf["severity"] = -1
+        req = np.zeros(len(idx), dtype=np.int32)
+        if len(idx) == 0:
+            return buf, np.zeros(0, dtype=bool), req
+        gid = ctypes.c_uint()
+        lib.ca_sg_create(ctypes.byref(gid))
+        g = gid.value
+        try:
+            get = lib.ca_sg_array_get
+            base = buf.ctypes.data
+            size = dt.itemsize
+            chids = self.chids.tolist()
+            for k, i in enumerate(idx.tolist()):
+                req[k] = get(g, dbrtype, 1, chids[i], base + k * size)
+            lib.ca_sg_block(g, max(deadline - time.monotonic(), 1e-6))
+        finally:
+            # ca_sg_delete cancels what is still outstanding: nothing writes into buf afterwards
+            lib.ca_sg_delete(g)
+        if "nsec" in dt.names:
+            done = buf["nsec"] != TIME_SENTINEL_NSEC
+        else:
+            done = buf["severity"] != -1
+        done &= req == errors.ECA.NORMAL
+        return buf, done, req
+
+    def callback_get(self, idx: np.ndarray, dbrtypes: np.ndarray, counts: np.ndarray,
+                     deadline: float) -> list[Any]:
+        """Read channels *idx* with ``ca_array_get_callback`` (count 0 = the server's current length).
+
+        Returns one entry per channel: ("ok", type, count, raw bytes) | ("error", status) | None (timeout).
+        """
+        lib = self._lib()
+        reg = self._reg
+        cb = _bulk_callback(reg)
+        table = reg.extras["bulk_requests"]
+        latch = _Latch(len(idx))
+        keys = []
+        chids = self.chids.tolist()
+        try:
+            for k, i in enumerate(idx.tolist()):
+                key = reg.new_key()
+                table[key] = (latch, k)
+                keys.append(key)
+                st = lib.ca_array_get_callback(int(dbrtypes[k]), int(counts[k]), chids[i], cb, key)
+                if st != errors.ECA.NORMAL:
+                    table.pop(key, None)
+                    with latch.lock:
+                        latch.results[k] = ("error", int(st))
+                        latch.remaining -= 1
+                        if latch.remaining <= 0:
+                            latch.event.set()
+            lib.ca_flush_io()
+            latch.event.wait(max(deadline - time.monotonic(), 0.0))
+        finally:
+            with latch.lock:
+                latch.active = False
+            for key in keys:
+                table.pop(key, None)
+        return latch.results
+
+    # -- writes --------------------------------------------------------------------------------------
+    def put(self, idx: np.ndarray, items: list[tuple[int, int, np.ndarray]], wait: bool,
+            deadline: float) -> list[Any]:
+        """Write encoded values (dbr type, count, buffer) to channels *idx*.
+
+        Without *wait*: ``ca_array_put`` each, one flush; entries are ("ok",...) or ("error", status).
+        With *wait*: ``ca_array_put_callback`` each, wait for all completions until *deadline*;
+        an entry is None when that put did not complete in time.
+        """
+        lib = self._lib()
+        chids = self.chids.tolist()
+        if not wait:
+            out: list[Any] = []
+            for k, i in enumerate(idx.tolist()):
+                t, n, buf = items[k]
+                st = lib.ca_array_put(t, n, chids[i], buf.ctypes.data)
+                out.append(("ok", t, n, None) if st == errors.ECA.NORMAL else ("error", int(st)))
+            lib.ca_flush_io()
+            return out
+        reg = self._reg
+        cb = _bulk_callback(reg)
+        table = reg.extras["bulk_requests"]
+        latch = _Latch(len(idx))
+        keys = []
+        try:
+            for k, i in enumerate(idx.tolist()):
+                t, n, buf = items[k]
+                key = reg.new_key()
+                table[key] = (latch, k)
+                keys.append(key)
+                st = lib.ca_array_put_callback(t, n, chids[i], buf.ctypes.data, cb, key)
+                if st != errors.ECA.NORMAL:
+                    table.pop(key, None)
+                    with latch.lock:
+                        latch.results[k] = ("error", int(st))
+                        latch.remaining -= 1
+                        if latch.remaining <= 0:
+                            latch.event.set()
+            lib.ca_flush_io()
+            latch.event.wait(max(deadline - time.monotonic(), 0.0))
+        finally:
+            with latch.lock:
+                latch.active = False
+            for key in keys:
+                table.pop(key, None)
+        return latch.results
+
+    def close(self) -> None:
+        """Clear every channel (idempotent; a no-op after fork or finalize)."""
+        if self.closed:
+            return
+        self.closed = True
+        reg = self._reg
+        if reg is not registry() or reg.finalized or reg.lib is None:
+            return
+        ensure_context()
+        clear = reg.lib.ca_clear_channel
+        for c in self.chids.tolist():
+            if c:
+                clear(c)
+        reg.lib.ca_flush_io()

@@ -1,0 +1,474 @@
+"""Snapshot: the result of a bulk read — numpy columns in input order, plus save/load/diff.
+
+Columns: ``names`` (str), ``value`` (float64; NaN where not numeric or failed), ``values`` (object: the
+Python/numpy value of each PV — int/float, str, list of str, ndarray — or None), ``status`` and ``severity``
+(int16; -1 when unknown), ``timestamp`` (float64 POSIX seconds; NaN when unknown), ``ok`` (bool), ``error``
+(object: None or a short reason).  ``ctrl`` holds optional metadata columns (units, precision, limits,
+enum_strs).  Files: ``.json``, ``.csv`` and ``.npz`` round-trip numbers, strings and arrays exactly.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["Snapshot", "Row", "SnapshotDiff", "SnapshotFormatError"]
+
+_FORMAT = "capar-snapshot-1"
+
+
+class SnapshotFormatError(ValueError):
+    """A snapshot file is missing, truncated or malformed (message names file and line)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One PV of a Snapshot."""
+
+    name: str
+    value: Any
+    status: int
+    severity: int
+    timestamp: float
+    ok: bool
+    error: Optional[str]
+
+
+@dataclass
+class SnapshotDiff:
+    """What differs between two snapshots (by PV name)."""
+
+    changed: list = field(default_factory=list)   # (name, old, new)
+    missing: list = field(default_factory=list)   # in self, not ok / absent in other
+    added: list = field(default_factory=list)     # in other only
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.missing or self.added)
+
+    def __len__(self) -> int:
+        return len(self.changed) + len(self.missing) + len(self.added)
+
+    def __str__(self) -> str:
+        lines = [f"changed {n}: {_short(a)} -> {_short(b)}" for n, a, b in self.changed]
+        lines += [f"missing {n}" for n in self.missing] + [f"added {n}" for n in self.added]
+        return "\n".join(lines) if lines else "no differences"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array(len={v.size}, dtype={v.dtype})"
+    return repr(v)
+
+
+class Snapshot:
+    """Columns of a bulk read, in input order (duplicated names keep each position)."""
+
+    def __init__(self, names: Sequence[str], value: np.ndarray, values: np.ndarray, status: np.ndarray,
+                 severity: np.ndarray, timestamp: np.ndarray, ok: np.ndarray, error: np.ndarray,
+                 ctrl: Optional[dict[str, np.ndarray]] = None, form: str = "time",
+                 created: Optional[float] = None, elapsed: float = float("nan")) -> None:
+        self.names = np.asarray(list(names), dtype=object)
+        self.value = value
+        self.values = values
+        self.status = status
+        self.severity = severity
+        self.timestamp = timestamp
+        self.ok = ok
+        self.error = error
+        self.ctrl = ctrl or {}
+        self.form = form
+        import time as _t
+
+        self.created = _t.time() if created is None else created
+        self.elapsed = elapsed
+        self._index: Optional[dict[str, int]] = None
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def empty(cls, names: Sequence[Any], form: str = "time") -> "Snapshot":
+        """A snapshot of *names* with every PV failed (error filled in by the caller)."""
+        n = len(names)
+        return cls(
+            [str(x) for x in names], np.full(n, np.nan), np.full(n, None, dtype=object),
+            np.full(n, -1, dtype=np.int16), np.full(n, -1, dtype=np.int16), np.full(n, np.nan),
+            np.zeros(n, dtype=bool), np.full(n, None, dtype=object), form=form)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Row], form: str = "time") -> "Snapshot":
+        snap = cls.empty([r.name for r in rows], form=form)
+        for i, r in enumerate(rows):
+            snap._set(i, r.value, r.status, r.severity, r.timestamp, r.ok, r.error)
+        return snap
+
+    def _set(self, i: int, value: Any, status: int, severity: int, timestamp: float, ok: bool,
+             error: Optional[str]) -> None:
+        self.values[i] = value
+        self.value[i] = _as_float(value)
+        self.status[i], self.severity[i], self.timestamp[i] = status, severity, timestamp
+        self.ok[i], self.error[i] = ok, error
+
+    # -- access ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[Row]:
+        for i in range(len(self)):
+            yield self.row(i)
+
+    def row(self, i: int) -> Row:
+        return Row(str(self.names[i]), self.values[i], int(self.status[i]), int(self.severity[i]),
+                   float(self.timestamp[i]), bool(self.ok[i]), self.error[i])
+
+    def index(self, name: str) -> int:
+        """Position of the first occurrence of *name* (KeyError when absent)."""
+        if self._index is None:
+            idx: dict[str, int] = {}
+            for i, n in enumerate(self.names.tolist()):
+                idx.setdefault(n, i)
+            self._index = idx
+        return self._index[name]
+
+    def __getitem__(self, key: Any) -> Row:
+        if isinstance(key, (int, np.integer)):
+            return self.row(int(key))
+        return self.row(self.index(key))
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.index(name)  # type: ignore[arg-type]
+            return True
+        except (KeyError, TypeError):
+            return False
+
+    @property
+    def n_ok(self) -> int:
+        return int(self.ok.sum())
+
+    @property
+    def failed(self) -> list[tuple[str, Optional[str]]]:
+        """(name, error) of every PV that did not answer."""
+        return [(str(self.names[i]), self.error[i]) for i in np.flatnonzero(~self.ok)]
+
+    def __repr__(self) -> str:
+        return f"<Snapshot {len(self)} PVs, {self.n_ok} ok, form={self.form}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """{name: value} (None for failed PVs; the last of duplicated names wins)."""
+        return {str(n): (v if ok else None) for n, v, ok in zip(self.names, self.values, self.ok)}
+
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame indexed by PV name (requires pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("Snapshot.to_pandas() needs pandas: pip install pandas") from exc
+        data = {"value": self.values, "status": self.status, "severity": self.severity,
+                "timestamp": self.timestamp, "ok": self.ok, "error": self.error}
+        data.update(self.ctrl)
+        return pd.DataFrame(data, index=pd.Index(self.names, name="name"))
+
+    # -- comparison ----------------------------------------------------------------------------------
+    def diff(self, other: "Snapshot", rtol: float = 0.0, atol: float = 0.0) -> SnapshotDiff:
+        """Changed (beyond rtol/atol for numbers), missing (not ok in either) and added PVs."""
+        out = SnapshotDiff()
+        mine = {str(n): i for i, n in enumerate(self.names)}
+        theirs = {str(n): i for i, n in enumerate(other.names)}
+        for name, i in mine.items():
+            j = theirs.get(name)
+            if j is None or not other.ok[j] or not self.ok[i]:
+                out.missing.append(name)
+                continue
+            a, b = self.values[i], other.values[j]
+            if not _equal(a, b, rtol, atol):
+                out.changed.append((name, a, b))
+        out.added = [n for n in theirs if n not in mine]
+        return out
+
+    # -- files ---------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, format: Optional[str] = None) -> str:
+        """Write to *path*; format from *format* or the suffix (.json, .csv, .npz). Atomic (temp + rename)."""
+        path = os.fspath(path)
+        fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
+        if fmt not in ("json", "csv", "npz"):
+            raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv or .npz)")
+        d = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix="." + fmt, dir=d)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if fmt == "npz":
+                    self._save_npz(fh)
+                else:
+                    text = self.to_json() if fmt == "json" else self.to_csv()
+                    fh.write(text.encode("utf-8"))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, format: Optional[str] = None) -> "Snapshot":
+        """Read a file written by :meth:`save` (SnapshotFormatError names file and line on bad input)."""
+        path = os.fspath(path)
+        fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
+        if not os.path.exists(path):
+            raise SnapshotFormatError(f"{path}: no such file")
+        try:
+            if fmt == "npz":
+                return cls._load_npz(path)
+            with open(path, "r", encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError as exc:
+            raise SnapshotFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if fmt == "json":
+            return cls.from_json(text, source=path)
+        if fmt == "csv":
+            return cls.from_csv(text, source=path)
+        raise SnapshotFormatError(f"{path}: unknown snapshot format {fmt!r}")
+
+    def _records(self) -> list[dict[str, Any]]:
+        recs = []
+        for i in range(len(self)):
+            kind, payload = _encode(self.values[i])
+            recs.append({"name": str(self.names[i]), "kind": kind, "value": payload,
+                         "status": int(self.status[i]), "severity": int(self.severity[i]),
+                         "timestamp": _f2j(float(self.timestamp[i])), "ok": bool(self.ok[i]),
+                         "error": self.error[i]})
+        return recs
+
+    def to_json(self) -> str:
+        """JSON text (one record per PV; floats written with repr so they round-trip exactly)."""
+        doc = {"format": _FORMAT, "form": self.form, "created": self.created, "pvs": self._records()}
+        return json.dumps(doc, indent=1, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<json>") -> "Snapshot":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SnapshotFormatError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("pvs"), list):
+            raise SnapshotFormatError(f"{source}:1: not a capar snapshot (format {_FORMAT!r} expected)")
+        rows = []
+        for k, rec in enumerate(doc["pvs"]):
+            try:
+                rows.append(Row(str(rec["name"]), _decode(rec["kind"], rec["value"]), int(rec["status"]),
+                                int(rec["severity"]), _j2f(rec["timestamp"]), bool(rec["ok"]), rec["error"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise SnapshotFormatError(f"{source}: PV record {k + 1}: {exc!r}") from None
+        snap = cls.from_rows(rows, form=str(doc.get("form", "time")))
+        snap.created = float(doc.get("created", snap.created))
+        return snap
+
+    _CSV_HEADER = ["name", "kind", "value", "status", "severity", "timestamp", "ok", "error"]
+
+    def to_csv(self) -> str:
+        """CSV text: one row per PV; arrays as space-separated exact values."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["# " + _FORMAT, self.form, repr(self.created)])
+        w.writerow(self._CSV_HEADER)
+        for r in self._records():
+            w.writerow([r["name"], r["kind"], json.dumps(r["value"], allow_nan=False), r["status"],
+                        r["severity"], json.dumps(r["timestamp"]), int(r["ok"]),
+                        "" if r["error"] is None else r["error"]])
+        return buf.getvalue()
+
+    @classmethod
+    def from_csv(cls, text: str, source: str = "<csv>") -> "Snapshot":
+        reader = csv.reader(io.StringIO(text))
+        rows: list[Row] = []
+        form, created = "time", None
+        for lineno, rec in enumerate(reader, start=1):
+            if lineno == 1:
+                if not rec or rec[0] != "# " + _FORMAT:
+                    raise SnapshotFormatError(f"{source}:1: not a capar snapshot CSV")
+                form = rec[1] if len(rec) > 1 else "time"
+                created = float(rec[2]) if len(rec) > 2 else None
+                continue
+            if lineno == 2:
+                if rec != cls._CSV_HEADER:
+                    raise SnapshotFormatError(f"{source}:2: unexpected header {rec!r}")
+                continue
+            if not rec:
+                continue
+            try:
+                name, kind, value, status, severity, ts, ok, error = rec
+                rows.append(Row(name, _decode(kind, json.loads(value)), int(status), int(severity),
+                                _j2f(json.loads(ts)), bool(int(ok)), error or None))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise SnapshotFormatError(f"{source}:{lineno}: bad row: {exc}") from None
+        if created is None and not rows and "\n" not in text.strip():
+            raise SnapshotFormatError(f"{source}: truncated snapshot")
+        snap = cls.from_rows(rows, form=form)
+        if created is not None:
+            snap.created = created
+        return snap
+
+    def _save_npz(self, fh: Any) -> None:
+        kinds, scal_f, scal_s = [], np.full(len(self), np.nan), np.full(len(self), "", dtype=object)
+        arrays: dict[str, np.ndarray] = {}
+        for i, v in enumerate(self.values):
+            if isinstance(v, np.ndarray):
+                kinds.append("a")
+                arrays[f"arr_{i}"] = v
+            elif isinstance(v, bool):
+                kinds.append("b")
+                scal_f[i] = float(v)
+            elif isinstance(v, int):
+                kinds.append("i")
+                scal_s[i] = str(v)
+            elif isinstance(v, float):
+                kinds.append("f")
+                scal_f[i] = v
+            elif isinstance(v, str):
+                kinds.append("s")
+                scal_s[i] = v
+            elif isinstance(v, list):
+                kinds.append("l")
+                arrays[f"arr_{i}"] = np.asarray(v, dtype=str)
+            else:
+                kinds.append("n")
+        err = np.asarray(["" if e is None else str(e) for e in self.error], dtype=str)
+        has_err = np.asarray([e is not None for e in self.error])
+        np.savez(fh, _format=np.asarray(_FORMAT), form=np.asarray(self.form), created=np.asarray(self.created),
+                 names=np.asarray(self.names.tolist(), dtype=str), kinds=np.asarray(kinds, dtype=str),
+                 scal_f=scal_f, scal_s=np.asarray(scal_s.tolist(), dtype=str), status=self.status,
+                 severity=self.severity, timestamp=self.timestamp, ok=self.ok, error=err, has_err=has_err,
+                 **arrays)
+
+    @classmethod
+    def _load_npz(cls, path: str) -> "Snapshot":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["_format"]) != _FORMAT:
+                    raise SnapshotFormatError(f"{path}: not a capar snapshot")
+                names = z["names"].tolist()
+                snap = cls.empty(names, form=str(z["form"]))
+                snap.created = float(z["created"])
+                kinds, sf, ss = z["kinds"].tolist(), z["scal_f"], z["scal_s"].tolist()
+                for i, k in enumerate(kinds):
+                    if k == "a":
+                        v: Any = z[f"arr_{i}"]
+                    elif k == "l":
+                        v = z[f"arr_{i}"].tolist()
+                    elif k == "i":
+                        v = int(ss[i])
+                    elif k == "b":
+                        v = bool(sf[i])
+                    elif k == "f":
+                        v = float(sf[i])
+                    elif k == "s":
+                        v = ss[i]
+                    else:
+                        v = None
+                    snap.values[i] = v
+                    snap.value[i] = _as_float(v)
+                snap.status[:] = z["status"]
+                snap.severity[:] = z["severity"]
+                snap.timestamp[:] = z["timestamp"]
+                snap.ok[:] = z["ok"]
+                errs, has = z["error"].tolist(), z["has_err"].tolist()
+                snap.error[:] = [e if h else None for e, h in zip(errs, has)]
+                return snap
+        except SnapshotFormatError:
+            raise
+        except Exception as exc:
+            raise SnapshotFormatError(f"{path}: unreadable NPZ snapshot: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# value encoding shared by JSON and CSV
+
+def _as_float(v: Any) -> float:
+    if isinstance(v, (bool, int, float, np.integer, np.floating)):
+        try:
+            return float(v)
+        except OverflowError:
+            return math.nan
+    return math.nan
+
+
+def _f2j(x: float) -> Any:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def _j2f(x: Any) -> float:
+    if isinstance(x, str):
+        return float(x)
+    return float(x)
+
+
+def _encode(v: Any) -> tuple[str, Any]:
+    if v is None:
+        return "none", None
+    if isinstance(v, (bool, np.bool_)):
+        return "bool", bool(v)
+    if isinstance(v, (int, np.integer)):
+        return "int", int(v)
+    if isinstance(v, (float, np.floating)):
+        return "float", _f2j(float(v))
+    if isinstance(v, str):
+        return "str", v
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind == "f":
+            return f"array:{v.dtype.str}", [_f2j(x) for x in v.tolist()]
+        if v.dtype.kind in "US":
+            return f"array:{v.dtype.str}", [str(x) for x in v.tolist()]
+        return f"array:{v.dtype.str}", v.tolist()
+    if isinstance(v, (list, tuple)):
+        return "list", [str(x) for x in v]
+    raise TypeError(f"cannot store a {type(v).__name__} in a snapshot")
+
+
+def _decode(kind: str, payload: Any) -> Any:
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return bool(payload)
+    if kind == "int":
+        return int(payload)
+    if kind == "float":
+        return _j2f(payload)
+    if kind == "str":
+        if not isinstance(payload, str):
+            raise ValueError("str value expected")
+        return payload
+    if kind == "list":
+        return [str(x) for x in payload]
+    if kind.startswith("array:"):
+        dt = np.dtype(kind[6:])
+        if dt.kind == "f":
+            return np.asarray([_j2f(x) for x in payload], dtype=dt)
+        return np.asarray(payload, dtype=dt)
+    raise ValueError(f"unknown value kind {kind!r}")
+
+
+def _equal(a: Any, b: Any, rtol: float, atol: float) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        try:
+            aa, bb = np.asarray(a), np.asarray(b)
+            if aa.shape != bb.shape:
+                return False
+            if aa.dtype.kind in "biuf" and bb.dtype.kind in "biuf":
+                return bool(np.allclose(aa, bb, rtol=rtol, atol=atol, equal_nan=True))
+            return bool(np.array_equal(aa, bb))
+        except Exception:
+            return False
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        if math.isnan(a) and math.isnan(b):
+            return True
+        return abs(a - b) <= atol + rtol * abs(b)
+    return a == b
