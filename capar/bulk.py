@@ -108,7 +108,20 @@ class Group:
     # -- state -----------------------------------------------------------------------------------
     def _refresh_info(self) -> None:
         self.ftype, self.nelm = self._chans.info(self.connected)
+        self.connected &= self.ftype >= 0
         self._enum_strs: dict[int, tuple] = {}
+
+    def _recheck(self, idx: Optional[np.ndarray] = None) -> None:
+        """Refresh connection state of channels *idx* (default: those not connected last time)."""
+        if idx is None:
+            idx = np.flatnonzero(~self.connected)
+        if idx.size == 0:
+            return
+        now = self._chans.states(idx) == dbr.CS_CONN
+        if np.array_equal(now, self.connected[idx]):
+            return
+        self.connected[idx] = now
+        self._refresh_info()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -142,11 +155,7 @@ class Group:
         t0 = time.monotonic()
         deadline = t0 + float(timeout)
         u = len(self.unique)
-        # refresh connection state cheaply: channels may have (dis)connected since the last call
-        st = self._chans.states() == dbr.CS_CONN
-        if not np.array_equal(st, self.connected):
-            self.connected = st
-            self._refresh_info()
+        self._recheck()
         value = np.full(u, np.nan)
         values = np.full(u, None, dtype=object)
         status = np.full(u, -1, dtype=np.int16)
@@ -180,7 +189,11 @@ class Group:
             ok[good] = True
             bad = idx[~done]
             if bad.size:
-                error[bad] = [("timeout" if r == ECA.NORMAL else eca_message(int(r))) for r in req[~done].tolist()]
+                lost = self._chans.states(bad) != dbr.CS_CONN
+                error[bad] = ["disconnected" if gone else ("timeout" if r == ECA.NORMAL else eca_message(int(r)))
+                              for gone, r in zip(lost.tolist(), req[~done].tolist())]
+                if lost.any():
+                    self.connected[bad[lost]] = False
             if dbr.native_type(dtype) == dbr.STRING:
                 strs = [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in vals.tolist()]
                 values[good] = _obj(strs)
@@ -269,10 +282,7 @@ class Group:
         n = len(self.names)
         ok = np.zeros(n, dtype=bool)
         error = np.full(n, None, dtype=object)
-        st = self._chans.states() == dbr.CS_CONN
-        if not np.array_equal(st, self.connected):
-            self.connected = st
-            self._refresh_info()
+        self._recheck()
         items, targets, positions = [], [], []
         for p in range(n):
             u = int(self._map[p])

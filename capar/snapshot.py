@@ -46,7 +46,7 @@ class SnapshotDiff:
     """What differs between two snapshots (by PV name)."""
 
     changed: list = field(default_factory=list)   # (name, old, new)
-    missing: list = field(default_factory=list)   # in self, not ok / absent in other
+    missing: list = field(default_factory=list)   # absent from other, or ok in only one of the two
     added: list = field(default_factory=list)     # in other only
 
     def __bool__(self) -> bool:
@@ -182,9 +182,11 @@ class Snapshot:
         theirs = {str(n): i for i, n in enumerate(other.names)}
         for name, i in mine.items():
             j = theirs.get(name)
-            if j is None or not other.ok[j] or not self.ok[i]:
+            if j is None or bool(other.ok[j]) != bool(self.ok[i]):
                 out.missing.append(name)
                 continue
+            if not self.ok[i]:
+                continue  # failed in both: nothing to compare
             a, b = self.values[i], other.values[j]
             if not _equal(a, b, rtol, atol):
                 out.changed.append((name, a, b))

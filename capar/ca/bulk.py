@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from itertools import repeat
 from typing import Any, Sequence
 
 import numpy as np
@@ -91,11 +92,10 @@ class BulkChannels:
         n = len(names)
         self.chids = np.zeros(n, dtype=np.uintp)
         self.create_status = np.zeros(n, dtype=np.int32)
-        create = lib.raw_ca_create_channel
         base = self.chids.ctypes.data
         step = self.chids.itemsize
-        for i, nm in enumerate(names):
-            self.create_status[i] = create(nm, None, None, 0, base + i * step)
+        self.create_status[:] = list(map(lib.raw_ca_create_channel, names, repeat(None, n), repeat(None, n),
+                                         repeat(0, n), range(base, base + n * step, step)))
         lib.ca_flush_io()
         self.closed = False
 
@@ -111,14 +111,14 @@ class BulkChannels:
         return self._reg.lib
 
     # -- connection ------------------------------------------------------------------------------
-    def states(self) -> np.ndarray:
-        """libca state of every channel (2 == connected; -1 where creation failed)."""
+    def states(self, idx: "np.ndarray | None" = None) -> np.ndarray:
+        """libca state of every channel, or of channels *idx* (2 == connected; -1 where creation failed)."""
         lib = self._lib()
-        st = lib.ca_state
-        out = np.full(len(self.chids), -1, dtype=np.int8)
-        for i, c in enumerate(self.chids.tolist()):
-            if c:
-                out[i] = st(c)
+        chids = self.chids if idx is None else self.chids[idx]
+        out = np.full(len(chids), -1, dtype=np.int8)
+        live = np.flatnonzero(chids)
+        if live.size:
+            out[live] = list(map(lib.ca_state, chids[live].tolist()))
         return out
 
     def wait_connected(self, deadline: float) -> np.ndarray:
@@ -139,23 +139,22 @@ class BulkChannels:
         lib = self._lib()
         ft = np.full(len(self.chids), -1, dtype=np.int16)
         ne = np.zeros(len(self.chids), dtype=np.int64)
-        fft, fne = lib.ca_field_type, lib.ca_element_count
-        chids = self.chids.tolist()
-        for i in np.flatnonzero(connected).tolist():
-            c = chids[i]
-            ft[i] = fft(c)
-            ne[i] = fne(c)
+        idx = np.flatnonzero(connected)
+        if idx.size:
+            chids = self.chids[idx].tolist()
+            ft[idx] = list(map(lib.ca_field_type, chids))
+            ne[idx] = list(map(lib.ca_element_count, chids))
+            lost = ft[idx] < 0  # disconnected since the caller looked
+            ne[idx[lost]] = 0
         return ft, ne
 
     def read_access(self, idx: np.ndarray) -> np.ndarray:
         lib = self._lib()
-        chids = self.chids.tolist()
-        return np.asarray([lib.ca_read_access(chids[i]) for i in idx.tolist()], dtype=bool)
+        return np.asarray(list(map(lib.ca_read_access, self.chids[idx].tolist())), dtype=bool)
 
     def write_access(self, idx: np.ndarray) -> np.ndarray:
         lib = self._lib()
-        chids = self.chids.tolist()
-        return np.asarray([lib.ca_write_access(chids[i]) for i in idx.tolist()], dtype=bool)
+        return np.asarray(list(map(lib.ca_write_access, self.chids[idx].tolist())), dtype=bool)
 
     # -- reads -------------------------------------------------------------------------------------
     def sg_get(self, idx: np.ndarray, dbrtype: int, deadline: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,12 +176,9 @@ class BulkChannels:
         lib.ca_sg_create(ctypes.byref(gid))
         g = gid.value
         try:
-            get = lib.ca_sg_array_get
-            base = buf.ctypes.data
-            size = dt.itemsize
-            chids = self.chids.tolist()
-            for k, i in enumerate(idx.tolist()):
-                req[k] = get(g, dbrtype, 1, chids[i], base + k * size)
+            n, base, size = len(idx), buf.ctypes.data, dt.itemsize
+            req[:] = list(map(lib.ca_sg_array_get, repeat(g, n), repeat(dbrtype, n), repeat(1, n),
+                              self.chids[idx].tolist(), range(base, base + n * size, size)))
             lib.ca_sg_block(g, max(deadline - time.monotonic(), 1e-6))
         finally:
             # ca_sg_delete cancels what is still outstanding: nothing writes into buf afterwards
@@ -285,8 +281,6 @@ class BulkChannels:
         if reg is not registry() or reg.finalized or reg.lib is None:
             return
         ensure_context()
-        clear = reg.lib.ca_clear_channel
-        for c in self.chids.tolist():
-            if c:
-                clear(c)
+        live = self.chids[self.chids != 0].tolist()
+        list(map(reg.lib.ca_clear_channel, live))
         reg.lib.ca_flush_io()

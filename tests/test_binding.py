@@ -1,0 +1,79 @@
+"""The binding layer: lazy loading, DBR layouts, ECA errors (no IOC needed, but libca is real)."""
+from __future__ import annotations
+
+import ctypes
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from capar.ca import dbr, errors
+from capar.ca.channel import default_get_timeout
+
+
+def test_import_capar_loads_no_shared_library():
+    code = ("import capar, capar.pv, capar.bulk, capar.snapshot, capar.ca;"
+            "maps = open('/proc/self/maps').read();"
+            "print('libca' in maps or 'libCom' in maps)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_dbr_layouts_match_libca_tables():
+    from capar.ca.libca import libca_path
+
+    lib = ctypes.CDLL(libca_path())
+    size = (ctypes.c_ushort * 39).in_dll(lib, "dbr_size")
+    vsize = (ctypes.c_ushort * 39).in_dll(lib, "dbr_value_size")
+    for t in range(35):
+        assert dbr.dtype_of(t).itemsize == size[t], t
+        assert dbr.value_dtype(t).itemsize == vsize[t], t
+        assert dbr.dbr_size_n(t, 3) == size[t] + 2 * vsize[t]
+
+
+def test_promote_and_native_types():
+    assert dbr.promote_type(dbr.DOUBLE, use_time=True) == dbr.TIME_DOUBLE
+    assert dbr.promote_type(dbr.ENUM, use_ctrl=True) == dbr.CTRL_ENUM
+    assert dbr.promote_type(dbr.TIME_LONG, use_ctrl=True, use_time=True) == dbr.CTRL_LONG
+    assert [dbr.native_type(t) for t in (0, 6, 14, 20, 28, 34)] == [0, 6, 0, 6, 0, 6]
+    with pytest.raises(ValueError):
+        dbr.native_type(35)
+
+
+def test_epics_epoch_conversion():
+    assert dbr.to_posix(0, 0) == 631152000.0
+    assert dbr.to_posix(10, 500_000_000) == pytest.approx(631152010.5)
+
+
+def test_decode_time_double_array():
+    dt = dbr.dtype_of(dbr.TIME_DOUBLE)
+    raw = np.zeros(dbr.dbr_size_n(dbr.TIME_DOUBLE, 3), dtype=np.uint8)
+    head = np.zeros(1, dtype=dt)
+    head["status"], head["severity"], head["secs"], head["nsec"] = 3, 2, 100, 5
+    raw[: dt.itemsize] = head.view(np.uint8)
+    raw[dbr.value_offset(dbr.TIME_DOUBLE):] = np.array([1.5, 2.5, 3.5]).view(np.uint8)
+    values, header = dbr.decode(dbr.TIME_DOUBLE, 3, raw)
+    assert values.tolist() == [1.5, 2.5, 3.5]
+    md = dbr.unpack_metadata(dbr.TIME_DOUBLE, header)
+    assert md["status"] == 3 and md["severity"] == 2
+    assert md["timestamp"] == pytest.approx(631152100.000000005)
+    assert md["posixseconds"] == 631152100 and md["nanoseconds"] == 5
+
+
+def test_eca_errors_are_builtin_compatible():
+    with pytest.raises(TimeoutError):
+        errors.raise_for_status(errors.ECA.TIMEOUT, "x")
+    with pytest.raises(errors.CAError) as info:
+        errors.raise_for_status(errors.ECA.DISCONN, "ca.get", "PV:X")
+    assert isinstance(info.value, errors.ChannelNotConnected) and "PV:X" in str(info.value)
+    errors.raise_for_status(errors.ECA.NORMAL, "ok")  # no exception
+    assert issubclass(errors.BadPVName, ValueError)
+
+
+def test_default_get_timeout_is_documented_formula():
+    assert default_get_timeout(1) == 0.5
+    assert default_get_timeout(1000) == pytest.approx(0.5 + math.log10(1000))
+    assert default_get_timeout(0) == 0.5

@@ -1,0 +1,108 @@
+"""Snapshot columns, files (JSON/CSV/NPZ round trips) and diff."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from capar import Snapshot, acquire
+from capar.snapshot import Row, SnapshotFormatError
+
+SAMPLE = [
+    Row("A:f", 1.0 / 3.0, 0, 0, 1.7e9 + 0.123456789, True, None),
+    Row("A:i", -(2**40), 0, 1, 1.7e9, True, None),
+    Row("A:s", "héllo, \"world\"\n", 3, 2, 1.7e9, True, None),
+    Row("A:arr", np.array([1.5, np.nan, -np.inf, 1e-300]), 0, 0, 1.7e9, True, None),
+    Row("A:iarr", np.array([1, -2, 3], dtype=np.int32), 0, 0, 1.7e9, True, None),
+    Row("A:u8", np.array([72, 105, 0], dtype=np.uint8), 0, 0, 1.7e9, True, None),
+    Row("A:empty", np.zeros(0), 0, 0, 1.7e9, True, None),
+    Row("A:strs", ["a", "bb", ""], 0, 0, 1.7e9, True, None),
+    Row("A:dead", None, -1, -1, float("nan"), False, "not connected"),
+    Row("A:f", float("nan"), 0, 0, 1.7e9, True, None),
+]
+
+
+def _same(a, b):
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".npz"])
+def test_round_trip_exact(tmp_path, suffix):
+    snap = Snapshot.from_rows(SAMPLE, form="time")
+    path = snap.save(tmp_path / ("snap" + suffix))
+    back = Snapshot.load(path)
+    assert back.names.tolist() == snap.names.tolist()
+    for a, b in zip(snap.values, back.values):
+        assert _same(a, b), (a, b)
+    assert back.status.tolist() == snap.status.tolist()
+    assert back.severity.tolist() == snap.severity.tolist()
+    assert np.array_equal(back.timestamp, snap.timestamp, equal_nan=True)
+    assert back.ok.tolist() == snap.ok.tolist() and back.error.tolist() == snap.error.tolist()
+    assert back.form == "time" and back.created == snap.created
+    assert not snap.diff(back)
+
+
+def test_live_snapshot_round_trip(tmp_path, prefix):
+    names = [prefix + r for r in ("ao", "longin", "stringin", "wf_double", "wf_string", "mbbo", "nothere")]
+    snap = acquire(names, connection_timeout=0.5)
+    for suffix in (".json", ".csv", ".npz"):
+        back = Snapshot.load(snap.save(tmp_path / ("live" + suffix)))
+        assert not snap.diff(back), str(snap.diff(back))
+        assert back.ok.tolist() == [True] * 6 + [False]
+
+
+def test_diff_reports_changed_missing_added():
+    a = Snapshot.from_rows([Row("x", 1.0, 0, 0, 0.0, True, None), Row("y", 2.0, 0, 0, 0.0, True, None),
+                            Row("z", 3.0, 0, 0, 0.0, True, None)])
+    b = Snapshot.from_rows([Row("x", 1.05, 0, 0, 0.0, True, None), Row("y", None, -1, -1, 0.0, False, "timeout"),
+                            Row("w", 0.0, 0, 0, 0.0, True, None)])
+    d = a.diff(b)
+    assert [c[0] for c in d.changed] == ["x"]
+    assert sorted(d.missing) == ["y", "z"] and d.added == ["w"]
+    assert not [c for c in a.diff(b, atol=0.1).changed]
+
+
+def test_bad_files_name_file_and_line(tmp_path):
+    with pytest.raises(SnapshotFormatError, match="no such file"):
+        Snapshot.load(tmp_path / "missing.json")
+    p = tmp_path / "trunc.json"
+    good = Snapshot.from_rows(SAMPLE).to_json()
+    p.write_text(good[: len(good) // 2])
+    with pytest.raises(SnapshotFormatError, match=r"trunc.json:\d+"):
+        Snapshot.load(p)
+    c = tmp_path / "bad.csv"
+    lines = Snapshot.from_rows(SAMPLE).to_csv().splitlines()
+    lines[3] = "A:x,float,notjson,0,0,1,1,"
+    c.write_text("\n".join(lines))
+    with pytest.raises(SnapshotFormatError, match="bad.csv:4"):
+        Snapshot.load(c)
+    b = tmp_path / "bin.csv"
+    b.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SnapshotFormatError, match="UTF-8"):
+        Snapshot.load(b)
+    with pytest.raises(ValueError):
+        Snapshot.from_rows(SAMPLE).save(tmp_path / "x.txt")
+
+
+values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**62), 2**62), st.text(max_size=40),
+    st.lists(st.floats(allow_nan=False), max_size=20).map(lambda v: np.asarray(v, dtype=np.float64)),
+    st.lists(st.text(max_size=10), max_size=5), st.none())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(vals=st.lists(values, max_size=8), suffix=st.sampled_from([".json", ".csv", ".npz"]))
+def test_round_trip_property(tmp_path, vals, suffix):
+    rows = [Row(f"P:{i}", v, 0, 0, 1.0, v is not None, None if v is not None else "timeout")
+            for i, v in enumerate(vals)]
+    snap = Snapshot.from_rows(rows)
+    back = Snapshot.load(snap.save(tmp_path / ("h" + suffix)))
+    for a, b in zip(snap.values, back.values):
+        assert _same(a, b), (a, b)

@@ -1,0 +1,96 @@
+"""The seed's thread section: CAThread, use_initial_context, withInitialContext, create_context."""
+from __future__ import annotations
+
+import threading
+import time
+
+import capar
+from capar import ca
+
+
+def _run_test(pvnames, runtime, tag, out):
+    pvs = [capar.PV(n) for n in pvnames]
+    for p in pvs:
+        p.add_callback(lambda pvname=None, value=None, **kw: out.append((tag, pvname, value)))
+    t0 = time.time()
+    while time.time() - t0 < runtime:
+        time.sleep(0.01)
+    [p.clear_callbacks() for p in pvs]
+
+
+def test_seed_thread_example_use_initial_context(prefix):
+    # first, create a PV in the main thread (the seed's advice)
+    assert capar.PV(prefix + "counter").wait_for_connection(5)
+    out = []
+
+    def target(names, runtime, tag):
+        ca.use_initial_context()
+        _run_test(names, runtime, tag, out)
+
+    a = threading.Thread(target=target, args=([prefix + "counter", prefix + "ao"], 0.5, "A"))
+    b = threading.Thread(target=target, args=([prefix + "counter", prefix + "c1"], 1.0, "B"))
+    a.start(), b.start()
+    a.join(10), b.join(10)
+    tags = {t for t, _, _ in out}
+    assert tags == {"A", "B"}
+    # B ran longer: it must have seen counter values after A's callbacks were cleared
+    last_a = max(v for t, n, v in out if t == "A" and n == prefix + "counter")
+    assert any(v > last_a for t, n, v in out if t == "B" and n == prefix + "counter")
+
+
+def test_cathread_and_with_initial_context(prefix):
+    results = {}
+
+    @ca.withInitialContext
+    def decorated():
+        results["decorated"] = (ca.current_context(), capar.caget(prefix + "ao"))
+
+    def plain():
+        results["cathread"] = (ca.current_context(), capar.caget(prefix + "longin"))
+
+    initial = ca.current_context()
+    t1 = threading.Thread(target=decorated)
+    t2 = ca.CAThread(target=plain)
+    t1.start(), t2.start()
+    t1.join(10), t2.join(10)
+    assert results["decorated"] == (initial, 3.5)
+    assert results["cathread"] == (initial, -7)
+
+
+def test_pv_created_in_main_read_in_cathread(prefix):
+    p = capar.PV(prefix + "stringin")
+    assert p.wait_for_connection(5)
+    got = []
+    t = ca.CAThread(target=lambda: got.append(p.get()))
+    t.start()
+    t.join(10)
+    assert got == ["world"]
+
+
+def test_thread_without_attach_gets_initial_context(prefix):
+    """A plain thread that never attached still works: capar attaches the initial context."""
+    got = []
+    t = threading.Thread(target=lambda: got.append((ca.get(ca.create_channel(prefix + "ai", connect=True)),)))
+    t.start()
+    t.join(10)
+    assert got == [(1.25,)]
+
+
+def test_thread_with_own_context(prefix):
+    got = {}
+
+    def target():
+        ca.create_context()
+        ctx = ca.current_context()
+        c = ca.create_channel(prefix + "s99", connect=True)
+        got["value"] = ca.get(c)
+        got["ctx"] = ctx
+        ca.destroy_context()
+        got["after"] = ca.current_context()
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(10)
+    assert got["value"] == 99.0
+    assert got["ctx"] != ca.current_context()
+    assert got["after"] is None
