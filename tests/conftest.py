@@ -5,6 +5,7 @@ is in ``os.environ`` and its CA repeater is running before any test creates a CA
 """
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import psutil
@@ -20,6 +21,8 @@ N_COUNTERS = 20
 def _no_leftover_children() -> Iterator[None]:
     """Fail the session if a child process of the test process is still alive at the end."""
     yield
+    if "capar.parallel" in sys.modules:  # multiprocessing's own helpers, started by our pool tests
+        sys.modules["capar.parallel"].shutdown_helpers()
     me = psutil.Process()
     left = me.children(recursive=True)
     if left:

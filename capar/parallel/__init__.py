@@ -1,0 +1,6 @@
+"""Process-parallel Channel Access: CAProcess and CAPool with a clean libca context per process."""
+from __future__ import annotations
+
+from .process import CAPool, CAProcess, default_start_method, get_context, shutdown_helpers
+
+__all__ = ["CAProcess", "CAPool", "default_start_method", "get_context", "shutdown_helpers"]
