@@ -123,8 +123,10 @@ def shutdown_helpers() -> None:
 
     They end by themselves when this process exits; tests call this to leave no child behind.
     """
+    import gc
     from multiprocessing import forkserver, resource_tracker
 
+    gc.collect()  # run the finalizers of dead pools first: they unlink semaphores through the tracker
     for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
         stop = getattr(helper, "_stop", None)
         if stop is not None:
