@@ -21,7 +21,7 @@ import numpy as np
 from . import dbr, errors
 from .context import ensure_context, registry
 from .errors import BadPVName, CAPutError, ChannelAccessException, ChannelAccessGetFailure
-from .libca import ConnectionCallback, EventCallback, chid_t, evid_t
+from .libca import ConnectionCallback, EventCallback, ExceptionCallback, chid_t, evid_t
 
 __all__ = [
     "DEFAULT_CONNECTION_TIMEOUT", "AUTOMONITOR_MAXLENGTH", "DEFAULT_SUBSCRIPTION_MASK", "MAX_PV_NAME_LENGTH",
@@ -189,12 +189,27 @@ def _on_event(args: Any) -> None:
             log.exception("capar: monitor callback for %s raised", entry.pvname)
 
 
+def _on_exception(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    ctx = args.ctx.decode("utf-8", "replace") if args.ctx else ""
+    log.warning("capar: CA exception: %s (%s)", errors.eca_message(args.stat), ctx)
+
+
 def install_callbacks(reg: Any) -> None:
     """Create the CFUNCTYPE objects libca calls (kept alive by the registry)."""
     if not reg.callbacks:
         reg.callbacks.update(
             connect=ConnectionCallback(_on_connect), get=EventCallback(_on_get),
-            put=EventCallback(_on_put), event=EventCallback(_on_event))
+            put=EventCallback(_on_put), event=EventCallback(_on_event),
+            exception=ExceptionCallback(_on_exception))
+
+
+def install_exception_handler(reg: Any) -> None:
+    """Route the calling thread's context's asynchronous CA exceptions to the 'capar' logger."""
+    install_callbacks(reg)
+    reg.lib.ca_add_exception_event(reg.callbacks["exception"], None)
 
 
 # --------------------------------------------------------------------------------------------------

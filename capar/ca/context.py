@@ -139,6 +139,7 @@ def initialize_libca() -> Any:
             lib.ca_context_create(1 if reg.preemptive else 0)
             cur = lib.ca_current_context()
             reg.contexts.add(cur)
+            channel.install_exception_handler(reg)
         reg.initial_context = cur
         from .channel import install_callbacks
 
@@ -228,6 +229,7 @@ def create_context(ctx: Any = None) -> int:
         lib.ca_context_create(1 if preemptive else 0)
         cur = lib.ca_current_context()
         reg.contexts.add(cur)
+        channel.install_exception_handler(reg)
         if reg.initial_context is None:
             reg.preemptive = preemptive
             reg.initial_context = cur
