@@ -16,7 +16,7 @@ import ctypes
 import threading
 import time
 from itertools import repeat
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -190,12 +190,10 @@ class BulkChannels:
         done &= req == errors.ECA.NORMAL
         return buf, done, req
 
-    def callback_get(self, idx: np.ndarray, dbrtypes: np.ndarray, counts: np.ndarray,
-                     deadline: float) -> list[Any]:
-        """Read channels *idx* with ``ca_array_get_callback`` (count 0 = the server's current length).
-
-        Returns one entry per channel: ("ok", type, count, raw bytes) | ("error", status) | None (timeout).
-        """
+    def _with_callbacks(self, idx: np.ndarray, issue: Callable[[int, int, Any, int], int],
+                        deadline: float) -> list[Any]:
+        """Issue one callback request per channel (``issue(k, chid, callback, key) -> ECA status``), flush
+        once and wait for all completions until *deadline*.  Late completions are dropped."""
         lib = self._lib()
         reg = self._reg
         cb = _bulk_callback(reg)
@@ -208,7 +206,7 @@ class BulkChannels:
                 key = reg.new_key()
                 table[key] = (latch, k)
                 keys.append(key)
-                st = lib.ca_array_get_callback(int(dbrtypes[k]), int(counts[k]), chids[i], cb, key)
+                st = issue(k, chids[i], cb, key)
                 if st != errors.ECA.NORMAL:
                     table.pop(key, None)
                     with latch.lock:
@@ -224,6 +222,16 @@ class BulkChannels:
             for key in keys:
                 table.pop(key, None)
         return latch.results
+
+    def callback_get(self, idx: np.ndarray, dbrtypes: np.ndarray, counts: np.ndarray,
+                     deadline: float) -> list[Any]:
+        """Read channels *idx* with ``ca_array_get_callback`` (count 0 = the server's current length).
+
+        Returns one entry per channel: ("ok", type, count, raw bytes) | ("error", status) | None (timeout).
+        """
+        get = self._lib().ca_array_get_callback
+        return self._with_callbacks(
+            idx, lambda k, chid, cb, key: get(int(dbrtypes[k]), int(counts[k]), chid, cb, key), deadline)
 
     # -- writes --------------------------------------------------------------------------------------
     def put(self, idx: np.ndarray, items: list[tuple[int, int, np.ndarray]], wait: bool,
@@ -235,8 +243,8 @@ class BulkChannels:
         an entry is None when that put did not complete in time.
         """
         lib = self._lib()
-        chids = self.chids.tolist()
         if not wait:
+            chids = self.chids.tolist()
             out: list[Any] = []
             for k, i in enumerate(idx.tolist()):
                 t, n, buf = items[k]
@@ -244,33 +252,10 @@ class BulkChannels:
                 out.append(("ok", t, n, None) if st == errors.ECA.NORMAL else ("error", int(st)))
             lib.ca_flush_io()
             return out
-        reg = self._reg
-        cb = _bulk_callback(reg)
-        table = reg.extras["bulk_requests"]
-        latch = _Latch(len(idx))
-        keys = []
-        try:
-            for k, i in enumerate(idx.tolist()):
-                t, n, buf = items[k]
-                key = reg.new_key()
-                table[key] = (latch, k)
-                keys.append(key)
-                st = lib.ca_array_put_callback(t, n, chids[i], buf.ctypes.data, cb, key)
-                if st != errors.ECA.NORMAL:
-                    table.pop(key, None)
-                    with latch.lock:
-                        latch.results[k] = ("error", int(st))
-                        latch.remaining -= 1
-                        if latch.remaining <= 0:
-                            latch.event.set()
-            lib.ca_flush_io()
-            latch.event.wait(max(deadline - time.monotonic(), 0.0))
-        finally:
-            with latch.lock:
-                latch.active = False
-            for key in keys:
-                table.pop(key, None)
-        return latch.results
+        put = lib.ca_array_put_callback
+        return self._with_callbacks(
+            idx, lambda k, chid, cb, key: put(items[k][0], items[k][1], chid, items[k][2].ctypes.data, cb, key),
+            deadline)
 
     def close(self) -> None:
         """Clear every channel (idempotent; a no-op after fork or finalize)."""

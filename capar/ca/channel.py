@@ -547,19 +547,23 @@ def get_complete(chid: Any, ftype: Optional[int] = None, count: Optional[int] = 
     return None if info is None else info["value"]
 
 
+def _metavars(chid: Any, timeout: float, use_time: bool, use_ctrl: bool) -> Optional[dict]:
+    entry = channel_entry(chid)
+    if not _maybe_connect(entry, timeout):
+        return None
+    ftype = promote_type(entry.chid, use_time=use_time, use_ctrl=use_ctrl)
+    md = get_with_metadata(entry.chid, ftype=ftype, count=1, timeout=timeout, wait=True)
+    if md is not None:
+        md.pop("value", None)
+    return md
+
+
 def get_ctrlvars(chid: Any, timeout: float = 5.0, warn: bool = True) -> Optional[dict]:
     """CTRL metadata (units, precision, limits, enum_strs, status, severity) of a channel, or None.
 
     timeout : float, seconds.
     """
-    entry = channel_entry(chid)
-    if not _maybe_connect(entry, timeout):
-        return None
-    ftype = promote_type(entry.chid, use_ctrl=True)
-    md = get_with_metadata(entry.chid, ftype=ftype, count=1, timeout=timeout, wait=True)
-    if md is not None:
-        md.pop("value", None)
-    return md
+    return _metavars(chid, timeout, use_time=False, use_ctrl=True)
 
 
 def get_timevars(chid: Any, timeout: float = 5.0, warn: bool = True) -> Optional[dict]:
@@ -567,14 +571,7 @@ def get_timevars(chid: Any, timeout: float = 5.0, warn: bool = True) -> Optional
 
     timeout : float, seconds.
     """
-    entry = channel_entry(chid)
-    if not _maybe_connect(entry, timeout):
-        return None
-    ftype = promote_type(entry.chid, use_time=True)
-    md = get_with_metadata(entry.chid, ftype=ftype, count=1, timeout=timeout, wait=True)
-    if md is not None:
-        md.pop("value", None)
-    return md
+    return _metavars(chid, timeout, use_time=True, use_ctrl=False)
 
 
 def get_timestamp(chid: Any) -> float:
