@@ -1,6 +1,7 @@
 """Process-parallel Channel Access: CAProcess and CAPool with a clean libca context per process."""
 from __future__ import annotations
 
+from .coordinator import Coordinator, CoordinatorBroken, ShardedGroup
 from .process import CAPool, CAProcess, default_start_method, get_context, shutdown_helpers
 
-__all__ = ["CAProcess", "CAPool", "default_start_method", "get_context", "shutdown_helpers"]
+__all__ = ["Coordinator", "CoordinatorBroken", "ShardedGroup", "CAProcess", "CAPool", "default_start_method", "get_context", "shutdown_helpers"]

@@ -1,0 +1,201 @@
+/*
+ * cref.c -- plain C libca reference client for the capar benchmark.
+ *
+ * Compiled at run time by bench/run.py against the epicscorelibs headers and libraries.
+ * It does the minimum libca needs for a bulk read, so its time is the floor that the
+ * Python clients are compared to.
+ *
+ *   cref oneshot  NAMESFILE          create all channels (no callbacks), ONE ca_pend_io,
+ *                                    ca_array_get of each, ONE ca_pend_io; timed from
+ *                                    before the first create to after the last pend_io
+ *   cref repeat   NAMESFILE R        connect outside the timer, then time R rounds of
+ *                                    (ca_array_get of each + ca_pend_io)
+ *   cref waveform NAMESFILE COUNT    connect outside the timer, then time one round of
+ *                                    ca_array_get of COUNT doubles of each + ca_pend_io
+ *
+ * Prints ONE JSON line on stdout: {"seconds": S, "ok": N, "n": NAMES, ...}.
+ * "ok" counts values that actually arrived (buffers are pre-filled with NaN).
+ * The ca_pend_io timeout is CREF_TIMEOUT seconds (default 60).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cadef.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static char **read_names(const char *path, long *n_out)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    long cap = 1024, n = 0;
+    char **names;
+    if (!f) {
+        perror(path);
+        exit(2);
+    }
+    names = malloc(cap * sizeof(*names));
+    while (fgets(line, sizeof(line), f)) {
+        size_t len = strcspn(line, "\r\n");
+        line[len] = '\0';
+        if (len == 0)
+            continue;
+        if (n == cap) {
+            cap *= 2;
+            names = realloc(names, cap * sizeof(*names));
+        }
+        names[n++] = strdup(line);
+    }
+    fclose(f);
+    *n_out = n;
+    return names;
+}
+
+static void fail(const char *what, int status)
+{
+    printf("{\"error\": \"%s: %s\"}\n", what, ca_message(status));
+    fflush(stdout);
+    exit(1);
+}
+
+/* Create every channel without a connection callback, then ONE ca_pend_io. Returns the
+ * number connected (ca_pend_io waits for all of them, or until the timeout). */
+static long connect_all(char **names, long n, chid *chids, double timeout)
+{
+    long i, connected = 0;
+    int status;
+    for (i = 0; i < n; i++) {
+        status = ca_create_channel(names[i], NULL, NULL, CA_PRIORITY_DEFAULT, &chids[i]);
+        if (status != ECA_NORMAL)
+            fail("ca_create_channel", status);
+    }
+    ca_pend_io(timeout); /* ECA_TIMEOUT when some did not connect: counted below */
+    for (i = 0; i < n; i++)
+        if (ca_state(chids[i]) == cs_conn)
+            connected++;
+    return connected;
+}
+
+/* Issue one ca_array_get per connected channel into buf[i*count ...], then ONE ca_pend_io. */
+static void get_all(chid *chids, long n, long count, double *buf, double timeout)
+{
+    long i, k;
+    int status;
+    for (i = 0; i < n * count; i++)
+        buf[i] = NAN;
+    for (i = 0; i < n; i++) {
+        if (ca_state(chids[i]) != cs_conn)
+            continue;
+        k = count;
+        if ((long)ca_element_count(chids[i]) < k)
+            k = (long)ca_element_count(chids[i]);
+        status = ca_array_get(DBR_DOUBLE, k, chids[i], &buf[i * count]);
+        if (status != ECA_NORMAL)
+            fail("ca_array_get", status);
+    }
+    ca_pend_io(timeout);
+}
+
+/* A value is OK when its first element arrived. */
+static long count_ok(long n, long count, const double *buf)
+{
+    long i, ok = 0;
+    for (i = 0; i < n; i++)
+        if (!isnan(buf[i * count]))
+            ok++;
+    return ok;
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode, *env;
+    char **names;
+    long n, i, arg = 0, connected, ok, count = 1;
+    chid *chids;
+    double *buf, timeout = 60.0, t0, t1;
+    int status;
+
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s oneshot|repeat|waveform NAMESFILE [R|COUNT]\n", argv[0]);
+        return 2;
+    }
+    mode = argv[1];
+    if (argc > 3)
+        arg = atol(argv[3]);
+    env = getenv("CREF_TIMEOUT");
+    if (env && atof(env) > 0)
+        timeout = atof(env);
+
+    names = read_names(argv[2], &n);
+    chids = calloc(n ? n : 1, sizeof(*chids));
+
+    status = ca_context_create(ca_enable_preemptive_callback);
+    if (status != ECA_NORMAL)
+        fail("ca_context_create", status);
+
+    if (strcmp(mode, "oneshot") == 0) {
+        buf = malloc((n ? n : 1) * sizeof(double));
+        t0 = now();
+        connected = connect_all(names, n, chids, timeout);
+        get_all(chids, n, 1, buf, timeout);
+        t1 = now();
+        ok = count_ok(n, 1, buf);
+        printf("{\"seconds\": %.6f, \"ok\": %ld, \"n\": %ld, \"connected\": %ld}\n",
+               t1 - t0, ok, n, connected);
+    } else if (strcmp(mode, "repeat") == 0) {
+        long rounds = arg > 0 ? arg : 10, r;
+        buf = malloc((n ? n : 1) * sizeof(double));
+        connected = connect_all(names, n, chids, timeout);
+        ok = n;
+        t0 = now();
+        for (r = 0; r < rounds; r++) {
+            get_all(chids, n, 1, buf, timeout);
+            i = count_ok(n, 1, buf);
+            if (i < ok)
+                ok = i; /* the worst round */
+        }
+        t1 = now();
+        printf("{\"seconds\": %.6f, \"ok\": %ld, \"n\": %ld, \"connected\": %ld, \"rounds\": %ld}\n",
+               t1 - t0, ok, n, connected, rounds);
+    } else if (strcmp(mode, "waveform") == 0) {
+        count = arg > 0 ? arg : 1;
+        buf = malloc((n ? n : 1) * count * sizeof(double));
+        if (!buf) {
+            printf("{\"error\": \"cannot allocate %ld doubles\"}\n", n * count);
+            return 1;
+        }
+        connected = connect_all(names, n, chids, timeout);
+        t0 = now();
+        get_all(chids, n, count, buf, timeout);
+        t1 = now();
+        /* OK when the first element arrived; "full" when the last requested one did too */
+        ok = count_ok(n, count, buf);
+        {
+            long full = 0;
+            for (i = 0; i < n; i++)
+                if (!isnan(buf[i * count]) && !isnan(buf[i * count + count - 1]))
+                    full++;
+            printf("{\"seconds\": %.6f, \"ok\": %ld, \"n\": %ld, \"connected\": %ld, "
+                   "\"count\": %ld, \"full\": %ld}\n",
+                   t1 - t0, ok, n, connected, count, full);
+        }
+    } else {
+        fprintf(stderr, "unknown mode %s\n", mode);
+        return 2;
+    }
+    fflush(stdout);
+
+    for (i = 0; i < n; i++)
+        if (chids[i])
+            ca_clear_channel(chids[i]);
+    ca_context_destroy();
+    return 0;
+}
