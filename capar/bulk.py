@@ -93,6 +93,7 @@ class Group:
         self._map = np.asarray(
             [pos[(n.decode() if isinstance(n, bytes) else n)] if e is None else -1
              for n, e in zip(self.names, self._name_errors)], dtype=np.int64)
+        self._display_names = [n_ if isinstance(n_, str) else repr(n_) for n_ in self.names]
         t0 = time.monotonic()
         self._chans = BulkChannels([n.encode("utf-8") for n in self.unique])
         reg = registry()
@@ -233,7 +234,7 @@ class Group:
         m = self._map
         valid = m >= 0
         n = len(self.names)
-        snap = Snapshot.empty([n_ if isinstance(n_, str) else repr(n_) for n_ in self.names], form=self.form)
+        snap = Snapshot.empty(self._display_names, form=self.form)
         sel = m[valid]
         snap.value[valid] = value[sel]
         snap.values[valid] = values[sel]
@@ -266,7 +267,7 @@ class Group:
             return [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in vals.tolist()]
         if native == dbr.CHAR and self.as_string:
             return bytes(vals).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-        return vals.copy()
+        return vals  # a view into this read's private buffer: no second copy
 
     # -- writes -------------------------------------------------------------------------------------
     def put(self, values: Sequence[Any], wait: bool = False, timeout: float = 60.0) -> PutResult:

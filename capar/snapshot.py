@@ -74,7 +74,8 @@ class Snapshot:
                  severity: np.ndarray, timestamp: np.ndarray, ok: np.ndarray, error: np.ndarray,
                  ctrl: Optional[dict[str, np.ndarray]] = None, form: str = "time",
                  created: Optional[float] = None, elapsed: float = float("nan")) -> None:
-        self.names = np.asarray(list(names), dtype=object)
+        self.names = np.empty(len(names), dtype=object)
+        self.names[:] = names
         self.value = value
         self.values = values
         self.status = status
@@ -96,7 +97,7 @@ class Snapshot:
         """A snapshot of *names* with every PV failed (error filled in by the caller)."""
         n = len(names)
         return cls(
-            [str(x) for x in names], np.full(n, np.nan), np.full(n, None, dtype=object),
+            names if isinstance(names, list) else [str(x) for x in names], np.full(n, np.nan), np.full(n, None, dtype=object),
             np.full(n, -1, dtype=np.int16), np.full(n, -1, dtype=np.int16), np.full(n, np.nan),
             np.zeros(n, dtype=bool), np.full(n, None, dtype=object), form=form)
 
