@@ -33,6 +33,7 @@ soak: $(VENV)/.stamp-test
 
 bench: $(VENV)/.stamp-bench
 	$(PY) bench/run.py
+	$(PY) bench/coordinator_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

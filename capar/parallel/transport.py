@@ -2,8 +2,8 @@
 
 A worker packs a Snapshot into a plain dict (numpy columns + a list of values); every ndarray value of at
 least ``threshold`` bytes is copied into ONE ``multiprocessing.shared_memory`` segment per message and
-replaced by a placeholder.  The parent copies the arrays out and unlinks the segment (it owns it from
-then on), so no segment outlives a merge.
+replaced by a placeholder.  The parent unlinks the segment's name at once and hands the arrays out as
+views of the mapping (freed with the last array): no segment outlives a merge, the parent copies nothing.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def release(msg: dict) -> None:
 
 
 def unpack(msg: dict) -> dict:
-    """Replace shared-memory placeholders by private copies and unlink the segment (parent side)."""
+    """Rebuild the values column; shared-memory arrays become views of the (already unlinked) segment."""
     name = msg.get("shm")
     vals = np.empty(len(msg["kinds"]), dtype=object)
     floats = msg["kinds"] == 0
@@ -97,14 +97,17 @@ def unpack(msg: dict) -> dict:
     msg["values"] = vals
     if name:
         seg = shared_memory.SharedMemory(name=name)
-        try:
-            for i, v in msg["objects"].items():
-                if isinstance(v, ShmRef):
-                    dt = np.dtype(v.dtype)
-                    n = int(np.prod(v.shape)) if v.shape else 1
-                    vals[i] = np.frombuffer(seg.buf, dtype=dt, count=n, offset=v.offset).reshape(v.shape).copy()
-        finally:
-            seg.close()
-            seg.unlink()
+        # zero copy: the arrays become views of the mapping, which lives as long as they do; the
+        # segment's name is unlinked at once, so nothing is left in /dev/shm whatever happens next
+        mapping = seg._mmap  # type: ignore[attr-defined]
+        seg._buf.release()  # type: ignore[attr-defined]
+        seg._buf = seg._mmap = None  # type: ignore[attr-defined]
+        seg.close()
+        seg.unlink()
+        for i, v in msg["objects"].items():
+            if isinstance(v, ShmRef):
+                dt = np.dtype(v.dtype)
+                n = int(np.prod(v.shape)) if v.shape else 1
+                vals[i] = np.frombuffer(mapping, dtype=dt, count=n, offset=v.offset).reshape(v.shape)
         msg["shm"] = None
     return msg
