@@ -27,7 +27,8 @@ from .libca import EventCallback
 __all__ = ["BulkChannels", "TIME_SENTINEL_NSEC"]
 
 TIME_SENTINEL_NSEC = 0xFFFFFFFF
-_SLICE = 0.05  # seconds: longest single pend while waiting for connections
+_FIRST_SLICE = 0.25  # seconds: the first ca_pend_io while waiting for connections
+_SLICE = 0.05  # seconds: longest ca_pend_event slice between two state checks after that
 
 
 class _Latch:
@@ -122,17 +123,29 @@ class BulkChannels:
         return out
 
     def wait_connected(self, deadline: float) -> np.ndarray:
-        """Wait until every channel is connected or *deadline* (time.monotonic seconds); bool array."""
+        """Wait until every channel is connected or *deadline* (time.monotonic seconds); bool array.
+
+        One ``ca_pend_io`` first (it returns as soon as every callback-less channel of the context is
+        connected).  It counts other code's channels too, and a timed-out ``ca_pend_io`` resets libca's
+        count, so it is bounded by a first slice; after that our own states are polled between short
+        ``ca_pend_event`` slices until they are all connected or the deadline passes.
+        """
         lib = self._lib()
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            status = lib.ca_pend_io(max(min(remaining, _FIRST_SLICE), 1e-6))
+            if status == errors.ECA.NORMAL and (self.create_status == errors.ECA.NORMAL).all():
+                # every callback-less channel connected; an early return caused by another thread's
+                # ca_pend_io is caught by info(), which reports type -1 for unconnected channels
+                return np.ones(len(self.chids), dtype=bool)
+        slice_ = 0.01
         while True:
-            remaining = deadline - time.monotonic()
-            status = lib.ca_pend_io(max(min(remaining, 3600.0), 1e-6)) if remaining > 0 else None
             conn = self.states() == dbr.CS_CONN
-            if conn.all() or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if conn.all() or remaining <= 0:
                 return conn
-            if status == errors.ECA.NORMAL:
-                # another thread's ca_pend_io reset the IO counter: fall back to short event slices
-                lib.ca_pend_event(min(_SLICE, max(deadline - time.monotonic(), 1e-6)))
+            lib.ca_pend_event(min(remaining, slice_))
+            slice_ = min(slice_ * 2, _SLICE)
 
     def info(self, connected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(native field type, element count) of every channel; -1 / 0 where not connected."""

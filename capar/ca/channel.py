@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -43,6 +44,7 @@ DEFAULT_SUBSCRIPTION_MASK = dbr.DBE_VALUE | dbr.DBE_ALARM
 MAX_PV_NAME_LENGTH = 1024          # characters; CA cannot carry much more in one search datagram
 
 _PENDING = object()
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
 
 
 class BadValue(TypeError, ValueError, CAPutError):
@@ -69,7 +71,7 @@ def check_name(pvname: Any) -> str:
     if len(pvname) > MAX_PV_NAME_LENGTH:
         raise BadPVName(f"PV name is {len(pvname)} characters long (max {MAX_PV_NAME_LENGTH}): "
                         f"{pvname[:40]!r}...")
-    if any(c <= " " or c == "\x7f" for c in pvname):
+    if _BAD_CHARS.search(pvname):
         raise BadPVName(f"PV name contains whitespace or control characters: {pvname!r}")
     return pvname
 

@@ -1,0 +1,500 @@
+"""Low-level many-PV monitoring: one subscription per PV, events written into a preallocated numpy ring.
+
+This is the C-facing half of :class:`capar.Monitor` (the only part that touches libca).
+
+Layout of the ring (capacity ``cap`` events, reused forever, so memory is bounded):
+
+- ``codes`` int64[cap]: ``i`` (>= 0) for a value event of PV ``i``; ``-1 - 2*i`` for "PV i connected" and
+  ``-2 - 2*i`` for "PV i disconnected".
+- ``raw`` uint8[cap, 24]: the TIME struct of a scalar event exactly as libca delivered it (status, severity,
+  secs, nsec, value at the type's offset; 24 bytes hold the largest one, ``DBR_TIME_DOUBLE``).  For string
+  and array events only the 12-byte header is stored there and the value goes to ``objs``.  For the
+  ``native`` form the bare value is stored at the TIME struct's value offset (header left unset).
+- ``objs`` list[cap]: the copied Python value of string/array events (None otherwise).
+- ``head`` / ``tail``: events written / consumed so far (monotonic counters); ``overflow`` counts events
+  dropped because ``head - tail == cap``.
+
+Threads: :func:`_on_event` and :func:`_on_connect` run on libca's threads.  The event callback does a dict
+lookup, one ``ctypes.memmove`` and one index store under ``MonitorCore.lock`` (a plain Lock, held for
+those few operations only) and sets ``MonitorCore.event`` only when a consumer is waiting.  Consumers
+(:meth:`MonitorCore.drain`) copy the filled slots out *without* the lock -- the producer never writes a
+slot that has not been consumed -- and advance ``tail`` under it.  Decoding (timestamps to POSIX seconds,
+values to float64) is vectorised over a whole batch (:func:`decode`).
+
+Subscriptions are created on a channel's first connection (from the connection callback, with the TIME
+type of the native type); libca re-installs them by itself after a reconnection.  Neither callback ever
+takes the registry lock, so :func:`capar.ca.finalize_libca` (which holds it while the clear_cache hooks
+close every monitor) cannot deadlock with a callback in progress.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+import threading
+import time
+from itertools import repeat
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import dbr, errors
+from .context import ensure_context, registry
+from .libca import ConnectionCallback, EventCallback, evid_t
+
+__all__ = ["MonitorCore", "decode", "ROW", "KIND_VALUE", "KIND_CONNECTED", "KIND_DISCONNECTED"]
+
+log = logging.getLogger("capar")
+
+ROW = 24  # bytes per ring row: sizeof(struct dbr_time_double), the largest scalar TIME struct
+KIND_VALUE, KIND_CONNECTED, KIND_DISCONNECTED = 0, 1, 2
+MODE_SCALAR, MODE_STRING, MODE_ARRAY = 0, 1, 2
+_HEADER = 12  # status, severity, secs, nsec
+_COMM_ALARM, _INVALID_ALARM = 9, 3  # menuAlarmStat COMM / menuAlarmSevr INVALID (for disconnections)
+_NORMAL = errors.ECA.NORMAL
+_NEVER = 1 << 62  # wake_at when no consumer waits
+_memmove = ctypes.memmove
+_string_at = ctypes.string_at
+_pack_into = struct.Struct("<hhII").pack_into
+
+# value of each scalar TIME struct, as (view dtype, column) of a (n, 24) uint8 row array
+_VALUE_COLUMN = {
+    dbr.DOUBLE: ("<f8", 2), dbr.LONG: ("<i4", 3), dbr.FLOAT: ("<f4", 3),
+    dbr.SHORT: ("<i2", 7), dbr.ENUM: ("<u2", 7), dbr.CHAR: ("u1", 15),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# C callbacks (libca threads).  Keep them minimal: they run once per event.
+
+def _on_event(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    ent = reg.extras["monitor_subs"].get(args.usr)
+    if ent is None:
+        return
+    core, i, off, size, mode = ent
+    if args.status != _NORMAL:
+        return
+    src = args.dbr
+    if not src:
+        return
+    if mode:
+        core.push_object(i, args, src, mode)
+        return
+    with core.lock:
+        if core.closed:
+            return
+        h = core.head
+        p = h - core.tail
+        if p >= core.cap:
+            core.overflow += 1
+            return
+        slot = h % core.cap
+        _memmove(core.base + slot * ROW + off, src, size)
+        core.codes[slot] = i
+        core.head = h + 1
+        if p >= core.wake_at:
+            core.wake_at = _NEVER
+            core.event.set()
+
+
+def _on_connect(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    chans = reg.extras.get("monitor_chans")
+    if not chans or reg.lib is None:
+        return
+    ent = chans.get(reg.lib.ca_puser(args.chid))
+    if ent is None:
+        return
+    core, i = ent
+    core.on_connection(i, args.chid, args.op == dbr.OP_CONN_UP)
+
+
+def _callbacks(reg: Any) -> tuple[Any, Any]:
+    """The two CFUNCTYPE objects (created once per process, kept alive by the registry)."""
+    ev = reg.callbacks.get("monitor_event")
+    if ev is None:
+        reg.extras.setdefault("monitor_subs", {})
+        reg.extras.setdefault("monitor_chans", {})
+        ev = reg.callbacks["monitor_event"] = EventCallback(_on_event)
+        reg.callbacks["monitor_connect"] = ConnectionCallback(_on_connect)
+    return ev, reg.callbacks["monitor_connect"]
+
+
+# --------------------------------------------------------------------------------------------------
+
+class MonitorCore:
+    """Channels + subscriptions + event ring of one :class:`capar.Monitor` (see module docstring).
+
+    names : PV names as bytes; None entries are never created (reported as never connected).
+    form : 'time' or 'native'.  count : max elements of array PVs (None: the server's current length).
+    mask : DBE mask.  queue_size : ring capacity (events).
+    """
+
+    __slots__ = (
+        "lock", "event", "closed", "head", "tail", "cap", "base", "codes", "raw", "objs", "overflow",
+        "wake_at", "n", "form", "count", "mask", "reg", "context", "keys", "chids", "evids", "connected",
+        "ever", "subscribed", "vtype", "mode", "nelm", "errors", "sub_lock", "n_ever", "all_connected",
+        "has_objects", "n_channels", "released", "__weakref__",
+    )
+
+    def __init__(self, names: Sequence[Optional[bytes]], form: str = "time", count: Optional[int] = None,
+                 mask: Optional[int] = None, queue_size: int = 100_000) -> None:
+        if form not in ("time", "native"):
+            raise ValueError(f"form must be 'time' or 'native', not {form!r}")
+        cap = int(queue_size)
+        if cap < 1:
+            raise ValueError(f"queue_size must be >= 1, not {queue_size!r}")
+        n = len(names)
+        self.n = n
+        self.form = form
+        self.count = None if not count else int(count)
+        self.mask = int(mask) if mask else (dbr.DBE_VALUE | dbr.DBE_ALARM)
+        # ring
+        self.lock = threading.Lock()
+        self.event = threading.Event()
+        self.closed = False
+        self.released = False
+        self.wake_at = _NEVER
+        self.head = 0
+        self.tail = 0
+        self.overflow = 0
+        self.cap = cap
+        self.raw = np.zeros((cap, ROW), dtype=np.uint8)
+        self.base = self.raw.ctypes.data
+        codes = np.zeros(cap, dtype=np.int64)
+        self.codes = memoryview(codes)  # int setitem on a memoryview: no numpy scalar per event
+        self.objs: list[Any] = [None] * cap
+        self.has_objects = False
+        # per PV
+        self.chids = np.zeros(n, dtype=np.uintp)
+        self.evids = np.zeros(n, dtype=np.uintp)
+        self.connected = np.zeros(n, dtype=bool)
+        self.ever = np.zeros(n, dtype=bool)
+        self.subscribed = np.zeros(n, dtype=bool)
+        self.vtype = np.full(n, -1, dtype=np.int8)   # native type of scalar numeric PVs, -1 otherwise
+        self.mode = np.full(n, -1, dtype=np.int8)    # MODE_* once subscribed
+        self.nelm = np.zeros(n, dtype=np.int64)
+        self.errors: dict[int, str] = {}
+        self.sub_lock = threading.Lock()
+        self.n_ever = 0
+        self.all_connected = threading.Event()
+        # channels
+        self.context = ensure_context()
+        reg = registry()
+        self.reg = reg
+        lib = reg.lib
+        ev_cb, conn_cb = _callbacks(reg)
+        self.keys = [reg.new_key() for _ in range(n)]
+        chans = reg.extras["monitor_chans"]
+        for i, key in enumerate(self.keys):
+            chans[key] = (self, i)
+        live = [i for i, nm in enumerate(names) if nm is not None]
+        self.n_channels = len(live)
+        if not live:
+            self.all_connected.set()
+        conn_ptr = ctypes.cast(conn_cb, ctypes.c_void_p).value
+        base, step = self.chids.ctypes.data, self.chids.itemsize
+        status = list(map(lib.raw_ca_create_channel, [names[i] for i in live], repeat(conn_ptr),
+                          [self.keys[i] for i in live], repeat(0), [base + i * step for i in live]))
+        for i, st in zip(live, status):
+            if st != _NORMAL:
+                self.errors[i] = errors.eca_message(st)
+        lib.ca_flush_io()
+
+    # -- libca thread ---------------------------------------------------------------------------------
+    def push_object(self, i: int, args: Any, src: int, mode: int) -> None:
+        """Event of a string/array PV: header into the ring row, a copied value into ``objs``."""
+        cnt = args.count
+        if self.form == "time":
+            voff = dbr.value_offset(args.type)
+        else:
+            voff = 0
+        if mode == MODE_STRING:
+            raw = _string_at(src + voff, dbr.MAX_STRING_SIZE * cnt)
+            items = [raw[k:k + dbr.MAX_STRING_SIZE].split(b"\0", 1)[0].decode("utf-8", "replace")
+                     for k in range(0, len(raw), dbr.MAX_STRING_SIZE)]
+            value: Any = items[0] if cnt == 1 and self.nelm[i] <= 1 else items
+        else:
+            dt = dbr.value_dtype(args.type)
+            value = np.empty(cnt, dtype=dt)
+            if cnt:
+                _memmove(value.ctypes.data, src + voff, cnt * dt.itemsize)
+        with self.lock:
+            if self.closed:
+                return
+            h = self.head
+            p = h - self.tail
+            if p >= self.cap:
+                self.overflow += 1
+                return
+            slot = h % self.cap
+            if self.form == "time":
+                _memmove(self.base + slot * ROW, src, _HEADER)
+            self.objs[slot] = value
+            self.codes[slot] = i
+            self.head = h + 1
+            if p >= self.wake_at:
+                self.wake_at = _NEVER
+                self.event.set()
+
+    def push_connection(self, i: int, up: bool) -> None:
+        """A connection (kind 1) or disconnection (kind 2) event, stamped with the local time."""
+        now = time.time()
+        secs = int(now - dbr.EPICS2UNIX_EPOCH)
+        nsec = int((now - int(now)) * 1e9)
+        status, sev = (0, 0) if up else (_COMM_ALARM, _INVALID_ALARM)
+        with self.lock:
+            if self.closed:
+                return
+            h = self.head
+            p = h - self.tail
+            if p >= self.cap:
+                self.overflow += 1
+                return
+            slot = h % self.cap
+            _pack_into(self.raw.data, slot * ROW, status, sev, secs, nsec)
+            self.codes[slot] = -1 - 2 * i - (0 if up else 1)
+            self.head = h + 1
+            if p >= self.wake_at:
+                self.wake_at = _NEVER
+                self.event.set()
+
+    def on_connection(self, i: int, chid: int, up: bool) -> None:
+        with self.sub_lock:
+            if self.closed:
+                return
+            self.connected[i] = up
+            self.push_connection(i, up)
+            if up and not self.ever[i]:
+                self.ever[i] = True
+                self.n_ever += 1
+                if self.n_ever >= self.n_channels:
+                    self.all_connected.set()
+            if up and not self.subscribed[i]:
+                self.subscribed[i] = True
+                try:
+                    self._subscribe(i, chid)
+                except Exception as exc:  # never propagate into libca
+                    self.errors[i] = f"subscription failed: {exc}"
+                    log.warning("capar: monitor subscription of PV #%d failed: %s", i, exc)
+
+    def _subscribe(self, i: int, chid: int) -> None:
+        reg = self.reg
+        lib = reg.lib
+        native = int(lib.ca_field_type(chid))
+        nelm = int(lib.ca_element_count(chid))
+        if native < 0:
+            self.subscribed[i] = False  # disconnected again meanwhile; retry on the next connection
+            return
+        eff = nelm if self.count is None else min(self.count, max(nelm, 1))
+        if native == dbr.STRING:
+            mode, req = MODE_STRING, max(eff, 1)
+        elif eff > 1 or (nelm > 1 and self.count is None):
+            mode, req = MODE_ARRAY, (0 if self.count is None else eff)  # 0: the server's current length
+        else:
+            mode, req = MODE_SCALAR, 1
+        self.nelm[i] = nelm
+        self.mode[i] = mode
+        ptype = dbr.promote_type(native, use_time=self.form == "time")
+        if mode == MODE_SCALAR:
+            self.vtype[i] = native
+            if self.form == "time":
+                off, size = 0, dbr.dbr_size_n(ptype, 1)
+            else:
+                off, size = dbr.value_offset(dbr.promote_type(native, use_time=True)), dbr.value_dtype(native).itemsize
+        else:
+            self.has_objects = True
+            off, size = 0, 0
+        key = self.keys[i]
+        reg.extras["monitor_subs"][key] = (self, i, off, size, mode)
+        evid = evid_t()
+        lib.ca_create_subscription(ptype, req, chid, self.mask, reg.callbacks["monitor_event"], key,
+                                   ctypes.byref(evid))
+        self.evids[i] = evid.value or 0
+
+    def timeout_unconnected(self) -> np.ndarray:
+        """Report every never-connected PV once as disconnected (kind 2); returns their indices."""
+        with self.sub_lock:
+            never = np.flatnonzero(~self.ever)
+            if not self.closed:
+                for i in never.tolist():
+                    self.push_connection(i, False)
+        return never
+
+    # -- consumer side ------------------------------------------------------------------------------
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until every created channel has connected once, at most *timeout* seconds."""
+        if self.reg.preemptive:
+            return self.all_connected.wait(max(timeout, 0.0))
+        deadline = time.monotonic() + timeout
+        lib = self.reg.lib
+        while not self.all_connected.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ensure_context()
+            lib.ca_pend_event(min(remaining, 0.01))
+        return self.all_connected.is_set()
+
+    def pending(self) -> int:
+        return self.head - self.tail
+
+    def _wait(self, wake_at: int, timeout: float) -> None:
+        """Wait up to *timeout* seconds until more than *wake_at* events are pending (or close())."""
+        with self.lock:
+            if self.closed or self.head - self.tail > wake_at:
+                return
+            self.wake_at = wake_at
+            self.event.clear()
+        try:
+            if self.reg.preemptive or self.reg is not registry() or self.reg.finalized:
+                self.event.wait(timeout)
+            else:  # non-preemptive context: callbacks only run inside ca_pend_event
+                ensure_context()
+                deadline = time.monotonic() + timeout
+                while not self.event.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self.reg.lib.ca_pend_event(min(remaining, 0.01))
+        finally:
+            with self.lock:
+                self.wake_at = _NEVER
+
+    def drain(self, timeout: float, latency: float = 0.0, since: float = 0.0
+              ) -> Optional[tuple[np.ndarray, np.ndarray, Optional[list], int]]:
+        """Take every event written so far, waiting up to *timeout* seconds for the first one.
+
+        latency : seconds -- once events are pending, keep gathering until *latency* seconds after the
+            first one was seen or after *since* (time.monotonic() of the previous drain), whichever is
+            later, unless the ring gets half full or *timeout* expires.  Fewer, larger batches.
+        Returns (codes, raw rows, objects or None, overflow since the previous drain) -- copies -- or
+        None when nothing arrived.
+        """
+        start = time.monotonic()
+        deadline = start + max(timeout, 0.0)
+        ready = since + latency  # events already pending: at most one batch per *latency*
+        if self.head == self.tail and not self.closed:
+            self._wait(0, deadline - start)
+            ready = time.monotonic() + latency  # woken by the first event: gather for *latency*
+        if latency > 0 and not self.closed and self.head != self.tail:
+            ready = min(ready, deadline)
+            now = time.monotonic()
+            if ready > now:
+                self._wait(self.cap // 2, ready - now)
+        with self.lock:
+            h, t = self.head, self.tail
+        n = h - t
+        if n <= 0:
+            return None
+        cap = self.cap
+        s = t % cap
+        e = s + n
+        codes = np.frombuffer(self.codes, dtype=np.int64)
+        if e <= cap:
+            c = codes[s:e].copy()
+            r = self.raw[s:e].copy()
+            objs = self.objs[s:e] if self.has_objects else None
+            if objs is not None:
+                self.objs[s:e] = repeat(None, n)
+        else:
+            e -= cap
+            c = np.concatenate((codes[s:], codes[:e]))
+            r = np.concatenate((self.raw[s:], self.raw[:e]))
+            objs = (self.objs[s:] + self.objs[:e]) if self.has_objects else None
+            if objs is not None:
+                self.objs[s:] = repeat(None, cap - s)
+                self.objs[:e] = repeat(None, e)
+        with self.lock:
+            self.tail = t + n
+            ov = self.overflow
+            self.overflow = 0
+        return c, r, objs, ov
+
+    # -- teardown -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Clear subscriptions, then channels; idempotent.  Callbacks return at once from now on."""
+        with self.sub_lock:  # waits for a connection callback that is creating a subscription
+            if self.released:
+                return
+            self.released = True
+            with self.lock:
+                self.closed = True
+                self.wake_at = _NEVER
+                self.event.set()
+        reg = self.reg
+        try:
+            if reg is registry() and not reg.finalized and reg.lib is not None:
+                ensure_context()
+                lib = reg.lib
+                evids = self.evids[self.evids != 0].tolist()
+                list(map(lib.ca_clear_subscription, evids))
+                chids = self.chids[self.chids != 0].tolist()
+                list(map(lib.ca_clear_channel, chids))
+                lib.ca_flush_io()
+        finally:
+            subs = reg.extras.get("monitor_subs", {})
+            chans = reg.extras.get("monitor_chans", {})
+            for key in self.keys:
+                subs.pop(key, None)
+                chans.pop(key, None)
+
+    def abandon(self) -> None:
+        """Stop delivering now and leave the libca clean-up to :func:`close_all` (safe from ``__del__``:
+        takes no lock and calls nothing in libca)."""
+        self.closed = True
+        self.reg.extras.setdefault("monitor_orphans", []).append(self)
+
+
+def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """Vectorised decode of drained rows: index, kind, value (float64, NaN for objects and connection
+    events), timestamp (POSIX seconds), status, severity."""
+    n = len(codes)
+    neg = codes < 0
+    if neg.any():
+        m = -1 - codes[neg]
+        index = codes.copy()
+        index[neg] = m >> 1
+        kind = np.zeros(n, dtype=np.int8)
+        kind[neg] = 1 + (m & 1)
+    else:
+        index = codes
+        kind = np.zeros(n, dtype=np.int8)
+    value = np.full(n, np.nan)
+    vt = core.vtype[index]
+    vt[neg] = -1
+    for native, (fmt, col) in _VALUE_COLUMN.items():
+        sel = vt == native
+        if sel.any():
+            value[sel] = raw[sel].view(fmt)[:, col]
+    words = raw.view("<u4")
+    halves = raw.view("<i2")
+    if core.form == "time":
+        timestamp = dbr.to_posix(words[:, 1], words[:, 2])
+        status = halves[:, 0].copy()
+        severity = halves[:, 1].copy()
+    else:
+        timestamp = np.full(n, np.nan)
+        status = np.zeros(n, dtype=np.int16)
+        severity = np.zeros(n, dtype=np.int16)
+        if neg.any():
+            timestamp[neg] = dbr.to_posix(words[neg, 1], words[neg, 2])
+            status[neg] = halves[neg, 0]
+            severity[neg] = halves[neg, 1]
+    return {"index": index.astype(np.int64, copy=False), "kind": kind, "value": value,
+            "timestamp": timestamp, "status": status, "severity": severity}
+
+
+# --------------------------------------------------------------------------------------------------
+# bookkeeping for the registry's clear_cache hooks (interpreter exit, capar.ca.clear_cache)
+
+def close_orphans() -> None:
+    """libca clean-up of monitors dropped without close() (see :meth:`MonitorCore.abandon`)."""
+    orphans = registry().extras.get("monitor_orphans")
+    while orphans:
+        orphans.pop().close()
