@@ -17,13 +17,14 @@ from .pv import PV, caget, cainfo, camonitor, camonitor_clear, caput, get_pv
 __all__ = [
     "__version__", "ca", "caget", "caput", "cainfo", "camonitor", "camonitor_clear", "caget_many",
     "caput_many", "PV", "get_pv", "poll", "CAThread", "withInitialContext", "CAProcess", "CAPool",
-    "acquire", "Group", "Snapshot", "Coordinator",
+    "acquire", "Group", "Snapshot", "Coordinator", "Monitor",
 ]
 
 _LAZY = {
     "acquire": "capar.bulk", "Group": "capar.bulk", "caget_many": "capar.bulk", "caput_many": "capar.bulk",
     "Snapshot": "capar.snapshot", "CAProcess": "capar.parallel", "CAPool": "capar.parallel",
     "Coordinator": "capar.parallel",
+    "Monitor": "capar.monitor",
 }
 
 

@@ -202,8 +202,9 @@ class Group:
                 value[good] = vals
                 if self.as_string:
                     enum = ctrl and native == dbr.ENUM
-                    values[good] = _obj([self._scalar_text(native, v, i, buf, enum)
-                                         for v, i in zip(vals.tolist(), range(len(vals)))])
+                    recs = buf[done]
+                    values[good] = _obj([self._scalar_text(native, v, k, recs, enum)
+                                         for k, v in enumerate(vals.tolist())])
                 else:
                     values[good] = _obj(vals.tolist())
         # arrays: callback gets with count 0 (the server's current length)
