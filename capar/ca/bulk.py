@@ -100,6 +100,7 @@ class BulkChannels:
         lib.ca_flush_io()
         self.closed = False
         self._plans: dict[tuple, tuple] = {}
+        self._cchid_list: "list | None" = None
 
     def __len__(self) -> int:
         return len(self.chids)
@@ -116,12 +117,20 @@ class BulkChannels:
     def states(self, idx: "np.ndarray | None" = None) -> np.ndarray:
         """libca state of every channel, or of channels *idx* (2 == connected; -1 where creation failed)."""
         lib = self._lib()
-        chids = self.chids if idx is None else self.chids[idx]
-        out = np.full(len(chids), -1, dtype=np.int8)
-        live = np.flatnonzero(chids)
+        cchids = self._cchids()
+        if idx is None:
+            idx = np.arange(len(cchids))
+        out = np.full(len(idx), -1, dtype=np.int8)
+        live = np.flatnonzero(self.chids[idx])
         if live.size:
-            out[live] = list(map(lib.ca_state, chids[live].tolist()))
+            out[live] = list(map(lib.raw_ca_state, [cchids[i] for i in idx[live].tolist()]))
         return out
+
+    def _cchids(self) -> list:
+        """The chids as ctypes objects, converted once (see LibCA._raw)."""
+        if self._cchid_list is None:
+            self._cchid_list = [ctypes.c_void_p(c) for c in self.chids.tolist()]
+        return self._cchid_list
 
     def wait_connected(self, deadline: float) -> np.ndarray:
         """Wait until every channel is connected or *deadline* (time.monotonic seconds); bool array.
@@ -155,9 +164,10 @@ class BulkChannels:
         ne = np.zeros(len(self.chids), dtype=np.int64)
         idx = np.flatnonzero(connected)
         if idx.size:
-            chids = self.chids[idx].tolist()
-            ft[idx] = list(map(lib.ca_field_type, chids))
-            ne[idx] = list(map(lib.ca_element_count, chids))
+            cchids = self._cchids()
+            chids = [cchids[i] for i in idx.tolist()]
+            ft[idx] = list(map(lib.raw_ca_field_type, chids))
+            ne[idx] = list(map(lib.raw_ca_element_count, chids))
             lost = ft[idx] < 0  # disconnected since the caller looked
             ne[idx[lost]] = 0
         return ft, ne
@@ -180,7 +190,8 @@ class BulkChannels:
         dt = dbr.dtype_of(dbrtype)
         buf = np.zeros(len(idx), dtype=dt)
         base, size = buf.ctypes.data, dt.itemsize
-        plan = (idx.copy(), buf, [ctypes.c_void_p(c) for c in self.chids[idx].tolist()],
+        cchids = self._cchids()
+        plan = (idx.copy(), buf, [cchids[i] for i in idx.tolist()],
                 [ctypes.c_void_p(a) for a in range(base, base + len(idx) * size, size)])
         if len(self._plans) > 16:
             self._plans.clear()

@@ -108,6 +108,12 @@ class LibCA:
             fn.errcheck = errors.expect_eca_normal
         return fn
 
+    def _raw(self, name: str, restype: Any) -> Callable:
+        """A second function object without argtypes, for calls with ctypes arguments converted once."""
+        fn = self.ca._FuncPtr((name, self.ca))
+        fn.restype = restype
+        return fn
+
     def _declare(self) -> None:
         f = self._fn
         # contexts
@@ -167,8 +173,10 @@ class LibCA:
         self.ca_sg_array_put = f("ca_sg_array_put", c_int, [CA_SYNC_GID, c_long, c_ulong, chid_t, c_void_p])
         # the bulk hot path: same function without argtypes, called with ctypes objects converted once
         # (c_uint gid, c_long type, c_ulong count, c_void_p chid, c_void_p buffer) — ~40% less per call
-        self.raw_ca_sg_array_get = self.ca._FuncPtr(("ca_sg_array_get", self.ca))
-        self.raw_ca_sg_array_get.restype = c_int
+        self.raw_ca_sg_array_get = self._raw("ca_sg_array_get", c_int)
+        self.raw_ca_state = self._raw("ca_state", c_int)
+        self.raw_ca_field_type = self._raw("ca_field_type", c_short)
+        self.raw_ca_element_count = self._raw("ca_element_count", c_ulong)
         # misc
         self.ca_message = f("ca_message", c_char_p, [c_long])
         self.ca_version = f("ca_version", c_char_p, [])
