@@ -94,3 +94,30 @@ def test_thread_with_own_context(prefix):
     assert got["value"] == 99.0
     assert got["ctx"] != ca.current_context()
     assert got["after"] is None
+
+
+def test_non_preemptive_mode_in_a_fresh_process(prefix):
+    """PREEMPTIVE_CALLBACK = False before the first CA call: gets, puts and monitors via poll()."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import time, capar
+from capar import ca
+ca.PREEMPTIVE_CALLBACK = False
+assert capar.caget({prefix + 'ao'!r}) == 3.5
+assert ca.current_context() is not None
+seen = []
+p = capar.PV({prefix + 'counter'!r})
+p.add_callback(lambda value=None, **kw: seen.append(value))
+t0 = time.time()
+while time.time() - t0 < 0.6:
+    ca.poll(evt=0.01, iot=0.01)
+assert len(seen) >= 3, seen
+print('ok', len(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
