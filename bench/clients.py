@@ -182,6 +182,21 @@ def pyepics_many(names: List[str], workload: str, arg: Optional[int]) -> Dict[st
 
 def pyepics_pv(names: List[str], workload: str, arg: Optional[int]) -> Dict[str, Any]:
     epics = _pyepics()
+    out = _pv_loop(epics, names, workload, arg)
+    out["libca"] = epics.ca.find_libca()
+    return out
+
+
+def capar_pv(names: List[str], workload: str, arg: Optional[int]) -> Dict[str, Any]:
+    """The seed's "Method 1" with capar's pyepics-compatible PV objects."""
+    capar, path = _capar()
+    out = _pv_loop(capar, names, workload, arg)
+    out["libca"] = path
+    return out
+
+
+def _pv_loop(epics: Any, names: List[str], workload: str, arg: Optional[int]) -> Dict[str, Any]:
+    """PV objects (auto_monitor off) created for every name, then get() on each."""
     n = len(names)
     count = arg if workload == "waveform" else None
     if workload == "oneshot":
@@ -204,7 +219,6 @@ def pyepics_pv(names: List[str], workload: str, arg: Optional[int]) -> Dict[str,
             del vals
         out = worst(sums)
     out["seconds"] = elapsed
-    out["libca"] = epics.ca.find_libca()
     return out
 
 
@@ -370,6 +384,7 @@ CLIENTS: Dict[str, Callable[[List[str], str, Optional[int]], Dict[str, Any]]] = 
     "capar_acquire": capar_acquire,
     "capar_group": capar_group,
     "capar_many": capar_many,
+    "capar_pv": capar_pv,
 }
 WORKLOADS = ("oneshot", "repeat", "waveform")
 

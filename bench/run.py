@@ -27,7 +27,7 @@ ROOT = os.path.dirname(HERE)
 BUILD = os.path.join(HERE, ".build")
 
 PY_CLIENTS = ["pyepics_many", "pyepics_pv", "cothread", "aioca", "capar_acquire", "capar_group",
-              "capar_many"]
+              "capar_many", "capar_pv"]
 C = "C libca"
 
 N_SCALARS = 100_000

@@ -149,3 +149,11 @@ def test_camonitor_writes_lines(prefix):
 def test_pv_bad_name(bad):
     with pytest.raises((TypeError, ValueError)):
         PV(bad)
+
+
+def test_many_pvs_created_then_read_none_lost(prefix):
+    """The seed's Method 1 at scale: connection events that beat channel registration are not lost."""
+    names = [prefix + f"s{i}" for i in range(0, 1500)]
+    pvs = [PV(n, auto_monitor=False, connection_timeout=10) for n in names]
+    values = [p.get(timeout=10) for p in pvs]
+    assert values == [float(i) for i in range(1500)]

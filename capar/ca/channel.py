@@ -109,10 +109,13 @@ def _on_connect(args: Any) -> None:
     reg = registry()
     if reg.finalized:
         return
-    entry = reg.channels.get(args.chid or 0)
-    if entry is None:
-        return
     conn = args.op == dbr.OP_CONN_UP
+    with reg.conn_lock:
+        entry = reg.channels.get(args.chid or 0)
+        if entry is None:
+            # libca may connect a channel before create_channel has registered it: keep the event
+            reg.early_connections[args.chid or 0] = conn
+            return
     with entry.cond:
         entry.conn = conn
         entry.cond.notify_all()
@@ -265,12 +268,19 @@ def create_channel(pvname: str, connect: bool = False, auto_cb: bool = True,
             lib.ca_create_channel(pvname.encode("utf-8"), ctypes.cast(cb, ctypes.c_void_p) if cb else None,
                                   None, 0, ctypes.byref(chid))
             entry = _Entry(chid.value, pvname, ctx, use_cb)
-            reg.channels[entry.chid] = entry
-            reg.by_name[(ctx, pvname)] = entry.chid
             if callable(callback):
                 entry.callbacks.append(callback)
+            with reg.conn_lock:
+                reg.channels[entry.chid] = entry
+                early = reg.early_connections.pop(entry.chid, None)
+            reg.by_name[(ctx, pvname)] = entry.chid
             if not use_cb:
                 entry.conn = lib.ca_state(entry.chid) == dbr.CS_CONN
+            elif early is not None:
+                with entry.cond:
+                    entry.conn = early
+                    entry.cond.notify_all()
+                entry.run_connection_callbacks(early)
         elif callable(callback) and callback not in entry.callbacks:
             entry.callbacks.append(callback)
             if entry.conn:
@@ -320,7 +330,9 @@ def clear_channel(chid: Any) -> int:
     reg = registry()
     key = _chid_int(chid)
     with reg.lock:
-        entry = reg.channels.pop(key, None)
+        with reg.conn_lock:
+            entry = reg.channels.pop(key, None)
+            reg.early_connections.pop(key, None)
         if entry is None:
             return errors.ECA.BADCHID
         reg.by_name.pop((entry.context, entry.pvname), None)

@@ -46,6 +46,8 @@ class Registry:
         self.pid = os.getpid()
         self.lib = lib
         self.lock = threading.RLock()
+        self.conn_lock = threading.Lock()       # registering a channel vs. its first connection event
+        self.early_connections: dict[int, bool] = {}  # events that arrived before their channel entry
         self.initial_context: int | None = None
         self.inherited_context = inherited_context
         self.contexts: set[int] = set()          # contexts created by capar in this process
