@@ -304,6 +304,6 @@ class BulkChannels:
         if reg is not registry() or reg.finalized or reg.lib is None:
             return
         ensure_context()
-        live = self.chids[self.chids != 0].tolist()
-        list(map(reg.lib.ca_clear_channel, live))
+        cchids = self._cchids()
+        list(map(reg.lib.raw_ca_clear_channel, [cchids[i] for i in np.flatnonzero(self.chids).tolist()]))
         reg.lib.ca_flush_io()

@@ -177,6 +177,7 @@ class LibCA:
         self.raw_ca_state = self._raw("ca_state", c_int)
         self.raw_ca_field_type = self._raw("ca_field_type", c_short)
         self.raw_ca_element_count = self._raw("ca_element_count", c_ulong)
+        self.raw_ca_clear_channel = self._raw("ca_clear_channel", c_int)
         # misc
         self.ca_message = f("ca_message", c_char_p, [c_long])
         self.ca_version = f("ca_version", c_char_p, [])
