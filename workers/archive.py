@@ -1,0 +1,121 @@
+"""Job script: snapshot PVs every T seconds into rotating files DIR/NAME-YYYYmmdd-HHMMSS.npz, keeping the last N.
+
+    python workers/archive.py names.txt /data/archive --every 60 --keep 1440 [--name NAME] [--processes K]
+    python workers/archive.py ioc.req /data/archive -m P=IOC1: --every 10 --count 6
+
+The channels stay connected between snapshots (``capar.Group``, or ``Coordinator.connect`` with
+``--processes``).  File names carry the UTC time of the scheduled tick (ticks are T seconds apart, T >= 1,
+so names never collide; a tick missed because a snapshot overran is skipped).  Each file is written to a
+temporary ``.capar-*`` file and renamed, so a reader never sees a half-written snapshot; older files
+``NAME-*.EXT`` beyond ``--keep`` are deleted after each new one.  SIGINT/SIGTERM: the snapshot in
+progress is finished and saved, then the script exits 0.  Exit status 1 when some snapshot missed PVs
+(listed on stderr), 2 for a bad command line or names file.
+"""
+import argparse
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+import capar
+from capar.request import RequestFileError, read_request
+
+
+def rotate(directory, name, ext, keep):
+    """Delete the oldest NAME-YYYYmmdd-HHMMSS.EXT files of *directory* beyond the newest *keep*."""
+    pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}\." + re.escape(ext) + "$")
+    files = sorted(f for f in os.listdir(directory) if pattern.match(f))
+    removed = []
+    for f in files[:max(len(files) - keep, 0)]:
+        try:
+            os.unlink(os.path.join(directory, f))
+            removed.append(f)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="exit status: 0 every snapshot complete, 1 some PVs missed, 2 usage")
+    ap.add_argument("names", help="PV names file or autosave request file (.req)")
+    ap.add_argument("directory", help="output directory (created if needed)")
+    ap.add_argument("--every", type=float, default=60.0, metavar="T", help="seconds between snapshots (>= 1)")
+    ap.add_argument("--keep", type=int, default=100, metavar="N", help="number of files to keep (default 100)")
+    ap.add_argument("--name", default=None, help="file name prefix (default: the names file's stem)")
+    ap.add_argument("--format", choices=["npz", "json", "csv"], default="npz", help="file format (default npz)")
+    ap.add_argument("--count", type=int, default=0, metavar="M", help="stop after M snapshots (0: run until signalled)")
+    ap.add_argument("--timeout", type=float, default=5.0, help="seconds: connection, and each read")
+    ap.add_argument("--processes", type=int, default=0, metavar="K", help="shard over K processes (Coordinator)")
+    ap.add_argument("-m", "--macros", action="append", default=[], metavar="P=...,Q=...",
+                    help="macros for the names/request file (repeatable)")
+    args = ap.parse_args(argv)
+    if not (args.every >= 1.0 and math.isfinite(args.every)):
+        ap.error("--every must be at least 1 second (file names have a resolution of one second)")
+    if args.keep < 1 or args.count < 0 or args.processes < 0:
+        ap.error("--keep must be >= 1, --count and --processes >= 0")
+    name = args.name or os.path.splitext(os.path.basename(args.names))[0]
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        ap.error(f"--name {name!r}: use letters, digits and _ . + - only")
+    try:
+        names = read_request(args.names, ",".join(args.macros))
+    except RequestFileError as exc:
+        print(f"archive: {exc}", file=sys.stderr)
+        return 2
+    if not names:
+        print(f"archive: {args.names}: no PV names", file=sys.stderr)
+        return 2
+    os.makedirs(args.directory, exist_ok=True)
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    coord = None
+    incomplete = 0
+    try:
+        if args.processes:
+            coord = capar.Coordinator(args.processes)
+            source = coord.connect(names, form="time", connection_timeout=args.timeout)
+        else:
+            source = capar.Group(names, form="time", connection_timeout=args.timeout)
+        wall0, mono0 = time.time(), time.monotonic()
+        tick = done = 0
+        while not stop.is_set():
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall0 + tick * args.every))
+            snap = source.get(timeout=args.timeout)
+            path = os.path.join(args.directory, f"{name}-{stamp}.{args.format}")
+            snap.save(path)  # temporary file + rename
+            removed = rotate(args.directory, name, args.format, args.keep)
+            done += 1
+            print(f"{path}: {len(snap)} PVs, {snap.n_ok} ok, {snap.elapsed:.3f} s"
+                  + (f"; removed {len(removed)} old file(s)" if removed else ""), flush=True)
+            if not snap.ok.all():
+                incomplete += 1
+                failed = snap.failed
+                shown = ", ".join(f"{n} ({e})" for n, e in failed[:10])
+                print(f"{path}: {len(failed)} PVs missing: {shown}{' ...' if len(failed) > 10 else ''}",
+                      file=sys.stderr, flush=True)
+            if args.count and done >= args.count:
+                break
+            # next tick in the future (ticks missed by an overrun are skipped)
+            tick = max(tick + 1, math.ceil((time.monotonic() - mono0) / args.every))
+            stop.wait(max(mono0 + tick * args.every - time.monotonic(), 0.0))
+        source.close()
+    finally:
+        if coord is not None:
+            coord.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stop.is_set():
+        print("archive: stopped by signal", file=sys.stderr)
+    return 1 if incomplete else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
