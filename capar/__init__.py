@@ -10,12 +10,12 @@ from typing import Any
 
 from . import ca
 from ._version import __version__
-from .ca import CAThread, withInitialContext
+from .ca import CAThread, dbr, withInitialContext
 from .ca.channel import poll
 from .pv import PV, caget, cainfo, camonitor, camonitor_clear, caput, get_pv
 
 __all__ = [
-    "__version__", "ca", "caget", "caput", "cainfo", "camonitor", "camonitor_clear", "caget_many",
+    "__version__", "ca", "dbr", "caget", "caput", "cainfo", "camonitor", "camonitor_clear", "caget_many",
     "caput_many", "PV", "get_pv", "poll", "CAThread", "withInitialContext", "CAProcess", "CAPool",
     "acquire", "Group", "Snapshot", "Coordinator", "Monitor",
 ]

@@ -205,3 +205,25 @@ def test_interpreter_exit_stops_workers(ioc, prefix):
         time.sleep(0.05)
     assert not any(psutil.pid_exists(p) for p in pids)
     assert "FATAL" not in out.stderr and "Undefined Behavior" not in out.stderr
+
+
+def test_sharded_monitor_complete_sequences(prefix, coord):
+    names = [prefix + f"c{i}" for i in range(20)] + [prefix + "counter", prefix + "nothere"]
+    seen: dict[int, list] = {}
+    with coord.monitor(names, batch_interval=0.05, connection_timeout=1.0) as mon:
+        t0 = time.monotonic()
+        kinds = set()
+        for batch in mon:
+            for i, v, k in zip(batch.index.tolist(), batch.value.tolist(), batch.kind.tolist()):
+                kinds.add((i, k))
+                if k == 0:
+                    seen.setdefault(i, []).append(v)
+            if time.monotonic() - t0 > 1.5:
+                break
+        assert mon.overflow == 0
+    assert sorted(seen) == list(range(21))  # every live PV, indices in the caller's order
+    for i, vals in seen.items():
+        assert len(vals) >= 5, (names[i], vals)
+        assert all(b - a == 1 for a, b in zip(vals, vals[1:])), (names[i], vals)
+    assert (21, 2) in kinds  # the unknown PV is reported as disconnected/never connected
+    assert coord.get([prefix + "ao"]).values[0] == 3.5  # the coordinator still serves requests

@@ -16,12 +16,12 @@ Layout of the ring (capacity ``cap`` events, reused forever, so memory is bounde
 
 Threads: :func:`_on_event` and :func:`_on_connect` run on libca's threads.  The event callback does a dict
 lookup, one slice copy of the struct (see :func:`_address_space`) and one index store under
-``MonitorCore.lock`` (a plain Lock, held for those few operations only) and sets ``MonitorCore.event`` only
-when a consumer waits for that many events (``wake_at``).  libca's threads keep their Python thread state
-between callbacks (see "Thread-state pinning" below): that alone divides the cost of an event by four.  Consumers
-(:meth:`MonitorCore.drain`) copy the filled slots out *without* the lock -- the producer never writes a
-slot that has not been consumed -- and advance ``tail`` under it.  Decoding (timestamps to POSIX seconds,
-values to float64) is vectorised over a whole batch (:func:`decode`).
+``MonitorCore.lock`` (a plain Lock, held for those few operations only), and sets ``MonitorCore.event``
+only when a consumer waits for that many events (``wake_at``).  libca's threads keep their Python thread
+state between callbacks ("Thread-state pinning" below), which alone divides the cost of an event by four.
+Consumers (:meth:`MonitorCore.drain`) copy the filled slots out *without* the lock -- the producer never
+writes a slot that has not been consumed -- and advance ``tail`` under it.  Decoding (timestamps to POSIX
+seconds, values to float64) is vectorised over a whole batch (:func:`decode`).
 
 Subscriptions are created on a channel's first connection (from the connection callback, with the TIME
 type of the native type); libca re-installs them by itself after a reconnection.  Neither callback ever
@@ -51,7 +51,7 @@ log = logging.getLogger("capar")
 
 ROW = 24  # bytes per ring row: sizeof(struct dbr_time_double), the largest scalar TIME struct
 KIND_VALUE, KIND_CONNECTED, KIND_DISCONNECTED = 0, 1, 2
-MODE_SCALAR, MODE_STRING, MODE_ARRAY = 0, 1, 2
+MODE_SCALAR, MODE_STRING, MODE_ARRAY, MODE_STRINGS = 0, 1, 2, 3  # numeric scalar, str, ndarray, list of str
 _HEADER = 12  # status, severity, secs, nsec
 _COMM_ALARM, _INVALID_ALARM = 9, 3  # menuAlarmStat COMM / menuAlarmSevr INVALID (for disconnections)
 _NORMAL = errors.ECA.NORMAL
@@ -79,27 +79,19 @@ def _address_space() -> Optional[memoryview]:
 _MEM = _address_space()
 
 # Thread-state pinning.  A ctypes callback on a thread Python did not create (libca's receive threads)
-# creates a fresh PyThreadState on entry and destroys it on return -- about 8 us per call, more than
+# creates a fresh PyThreadState on entry and destroys it on return -- about 8 us per call, three times
 # everything else an event costs.  The first event on such a thread takes one extra PyGILState_Ensure
 # that is never released, so the thread state persists and later callbacks only take/release the GIL.
-# The count is given back (PyGILState_Release) when a disconnection is reported on that thread (circuit
-# threads end after their circuit); a thread that ends pinned leaves one small thread state behind,
-# freed at interpreter exit.
-_tls = threading.local()          # lives in the thread state: present <=> this thread is pinned
-_gil_ensure = ctypes.pythonapi.PyGILState_Ensure
-_gil_release = ctypes.pythonapi.PyGILState_Release
-_PYGILSTATE_LOCKED = 0
+# Cost: a circuit's receive thread ends when its circuit does (IOC restart, disconnect), leaving its
+# pinned thread state (about 5 KB) behind until interpreter exit.  Releasing it at thread exit needs
+# libCom's epicsAtThreadExit, which libca.py does not declare (yet).
+_tls = threading.local()          # lives in the thread state: "pinned" present <=> this thread is pinned
+_gil_ensure = ctypes.pythonapi.PyGILState_Ensure  # PyGILState_STATE (int) PyGILState_Ensure(void)
 
 
 def _pin_thread() -> None:
     _gil_ensure()
     _tls.pinned = True
-
-
-def _unpin_thread() -> None:
-    if getattr(_tls, "pinned", False):
-        del _tls.pinned
-        _gil_release(_PYGILSTATE_LOCKED)  # the callback's own Ensure still holds the state and the GIL
 
 
 # the registry and subscription table the callbacks serve (bound by _callbacks(); per process)
@@ -155,8 +147,6 @@ def _on_connect(args: Any) -> None:
     if reg is None or reg.finalized or reg.lib is None:
         return
     up = args.op == dbr.OP_CONN_UP
-    if not up:
-        _unpin_thread()
     chans = reg.extras.get("monitor_chans")
     if not chans:
         return
@@ -257,9 +247,15 @@ class MonitorCore:
         base, step = self.chids.ctypes.data, self.chids.itemsize
         status = list(map(lib.raw_ca_create_channel, [names[i] for i in live], repeat(conn_ptr),
                           [self.keys[i] for i in live], repeat(0), [base + i * step for i in live]))
+        failed = [i for i, st in zip(live, status) if st != _NORMAL]
         for i, st in zip(live, status):
             if st != _NORMAL:
-                self.errors[i] = errors.eca_message(st)
+                self.errors[i] = f"ca_create_channel: {errors.eca_message(st)}"
+        if failed:
+            with self.sub_lock:
+                self.n_channels -= len(failed)
+                if self.n_ever >= self.n_channels:
+                    self.all_connected.set()
         lib.ca_flush_io()
 
     # -- libca thread ---------------------------------------------------------------------------------
@@ -270,11 +266,11 @@ class MonitorCore:
             voff = dbr.value_offset(args.type)
         else:
             voff = 0
-        if mode == MODE_STRING:
+        if mode == MODE_STRING or mode == MODE_STRINGS:
             raw = _string_at(src + voff, dbr.MAX_STRING_SIZE * cnt)
             items = [raw[k:k + dbr.MAX_STRING_SIZE].split(b"\0", 1)[0].decode("utf-8", "replace")
                      for k in range(0, len(raw), dbr.MAX_STRING_SIZE)]
-            value: Any = items[0] if cnt == 1 and self.nelm[i] <= 1 else items
+            value: Any = items if mode == MODE_STRINGS else (items[0] if items else "")
         else:
             dt = dbr.value_dtype(args.type)
             value = np.empty(cnt, dtype=dt)
@@ -348,12 +344,15 @@ class MonitorCore:
             self.subscribed[i] = False  # disconnected again meanwhile; retry on the next connection
             return
         eff = nelm if self.count is None else min(self.count, max(nelm, 1))
+        array = eff > 1 or (nelm > 1 and self.count is None)
         if native == dbr.STRING:
-            mode, req = MODE_STRING, max(eff, 1)
-        elif eff > 1 or (nelm > 1 and self.count is None):
-            mode, req = MODE_ARRAY, (0 if self.count is None else eff)  # 0: the server's current length
+            mode = MODE_STRINGS if array else MODE_STRING
+        elif array:
+            mode = MODE_ARRAY
         else:
-            mode, req = MODE_SCALAR, 1
+            mode = MODE_SCALAR
+        # count 0 asks for the server's current length (variable-length arrays)
+        req = (0 if self.count is None else eff) if array else 1
         self.nelm[i] = nelm
         self.mode[i] = mode
         ptype = dbr.promote_type(native, use_time=self.form == "time")
@@ -361,8 +360,9 @@ class MonitorCore:
             self.vtype[i] = native
             if self.form == "time":
                 off, size = 0, dbr.dbr_size_n(ptype, 1)
-            else:
-                off, size = dbr.value_offset(dbr.promote_type(native, use_time=True)), dbr.value_dtype(native).itemsize
+            else:  # the bare value goes where the TIME struct would hold it: one decoder for both forms
+                off = dbr.value_offset(dbr.promote_type(native, use_time=True))
+                size = dbr.value_dtype(native).itemsize
         else:
             self.has_objects = True
             off, size = 0, 0

@@ -27,7 +27,7 @@ from ..snapshot import Snapshot
 from . import transport
 from .process import epics_environment, get_context
 
-__all__ = ["Coordinator", "ShardedGroup", "CoordinatorBroken", "WorkerDied"]
+__all__ = ["Coordinator", "ShardedGroup", "ShardedMonitor", "CoordinatorBroken", "WorkerDied"]
 
 log = logging.getLogger("capar")
 
@@ -48,9 +48,28 @@ class WorkerDied(RuntimeError):
 def _worker_main(conn: Any, env: dict, shm_threshold: Optional[int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
+    import threading
+
     from ..bulk import Group, acquire
 
     groups: dict[int, Any] = {}
+    monitors: dict[int, tuple] = {}
+    send_lock = threading.Lock()
+
+    def send(obj: Any) -> None:
+        with send_lock:
+            conn.send(obj)
+
+    def stream(gid: int, mon: Any) -> None:
+        # ships every batch of this worker's Monitor to the parent as soon as it is built
+        while not mon.closed:
+            batch = mon.get_batch(timeout=0.2)
+            if batch is not None and len(batch):
+                try:
+                    send(("batch", gid, batch))
+                except (OSError, ValueError):
+                    return
+
     while True:
         try:
             msg = conn.recv()
@@ -94,18 +113,37 @@ def _worker_main(conn: Any, env: dict, shm_threshold: Optional[int]) -> None:
                 if g is not None:
                     g.close()
                 reply = None
+            elif op == "mstart":
+                _, _, gid, names, form, count, queue_size, latency, conn_deadline = msg
+                from ..monitor import Monitor
+
+                mon = Monitor(names, form=form, count=count, queue_size=queue_size, latency=latency,
+                              connection_timeout=max(conn_deadline - time.time(), 0.0))
+                th = threading.Thread(target=stream, args=(gid, mon), daemon=True, name=f"capar-stream-{gid}")
+                th.start()
+                monitors[gid] = (mon, th)
+                reply = int(mon.connected.sum())
+            elif op == "mstop":
+                mon, th = monitors.pop(msg[2], (None, None))
+                if mon is not None:
+                    mon.close()
+                    th.join(2.0)
+                reply = None
             elif op == "crash":  # test hook: die the way a segfault would
                 os._exit(int(msg[2]))
             else:
                 raise ValueError(f"unknown op {op!r}")
-            conn.send(("ok", tid, reply))
+            send(("ok", tid, reply))
         except BaseException as exc:  # the exception travels back with its traceback text
             import traceback
 
             try:
-                conn.send(("error", tid, (exc, traceback.format_exc())))
+                send(("error", tid, (exc, traceback.format_exc())))
             except Exception:
-                conn.send(("error", tid, (RuntimeError(repr(exc)), traceback.format_exc())))
+                send(("error", tid, (RuntimeError(repr(exc)), traceback.format_exc())))
+    for mon, th in monitors.values():
+        mon.close()
+        th.join(2.0)
     for g in groups.values():
         g.close()
     conn.close()
@@ -167,7 +205,9 @@ class Coordinator:
         self._slots = [_Slot() for _ in range(processes)]
         self._tids = itertools.count(1)
         self._gids = itertools.count(1)
-        self._groups: dict[int, dict[int, tuple]] = {}  # gid -> {slot: connect message}
+        self._groups: dict[int, dict[int, tuple]] = {}  # gid -> {slot: group spec}
+        self._monitors: dict[int, dict[int, tuple]] = {}  # gid -> {slot: monitor spec}
+        self._inbox: dict[int, list] = {}  # gid -> [(slot, Batch)] received while waiting for replies
         self._broken: Optional[str] = None
         self._closed = False
         t0 = time.perf_counter()
@@ -204,6 +244,13 @@ class Coordinator:
                     deadline = time.time() + ctimeout
                     self._call({i: ("connect", 0, gid, names, form, deadline, count, as_string)}, deadline,
                                retry=False)
+            for gid, per_slot in list(self._monitors.items()):  # ... and its monitors
+                spec = per_slot.get(i)
+                if spec is not None:
+                    names, form, count, queue_size, latency, ctimeout = spec
+                    deadline = time.time() + ctimeout
+                    self._call({i: ("mstart", 0, gid, names, form, count, queue_size, latency, deadline)},
+                               deadline, retry=False)
         except CoordinatorBroken:
             raise
         except Exception as exc:
@@ -273,6 +320,9 @@ class Coordinator:
                             kind, tid, value = s.conn.recv()
                         except (EOFError, OSError):
                             kind, tid, value = "died", pending[i], None
+                        if kind == "batch":
+                            self._inbox.setdefault(tid, []).append((i, value))
+                            continue
                         if kind != "died":
                             if tid != pending[i]:
                                 if kind == "ok" and isinstance(value, dict):
@@ -347,6 +397,56 @@ class Coordinator:
                              for i, (a, b) in enumerate(shards)}
         self._call(msgs, conn_deadline)
         return ShardedGroup(self, gid, names, form, shards)
+
+    def monitor(self, names: Sequence[str], form: str = "time", batch_interval: float = 0.1,
+                queue_size: int = 100_000, count: Optional[int] = None,
+                connection_timeout: float = 5.0) -> "ShardedMonitor":
+        """Monitor *names* in the workers; iterate the result for merged batches (indices in input order).
+
+        batch_interval : float, seconds — each worker ships its events at most this long after they arrive.
+        queue_size : int — per-worker ring capacity in events (overflow is counted, see Batch.overflow).
+        """
+        self._check()
+        names = _check_names(names)
+        gid = next(self._gids)
+        deadline = time.time() + connection_timeout
+        shards = _shards(len(names), self.processes)
+        self._monitors[gid] = {i: (names[a:b], form, count, queue_size, batch_interval, connection_timeout)
+                               for i, (a, b) in enumerate(shards)}
+        msgs = {i: ("mstart", 0, gid, names[a:b], form, count, queue_size, batch_interval, deadline)
+                for i, (a, b) in enumerate(shards)}
+        replies = self._call(msgs, deadline)
+        for kind, value in replies.values():
+            if kind == "error":
+                self._monitors.pop(gid, None)
+                _raise_remote(value)
+        return ShardedMonitor(self, gid, names, shards)
+
+    def _pump(self, timeout: float) -> None:
+        """Receive streamed monitor batches (and notice dead workers) for up to *timeout* seconds."""
+        waitables = {}
+        for i, s in enumerate(self._slots):
+            if s.conn is not None:
+                waitables[s.conn] = i
+                waitables[s.proc.sentinel] = i
+        for r in mp_wait(list(waitables), timeout=max(timeout, 0.0)):
+            i = waitables[r]
+            s = self._slots[i]
+            if r is s.conn or s.conn.poll():
+                try:
+                    while s.conn.poll():
+                        kind, tid, value = s.conn.recv()
+                        if kind == "batch":
+                            self._inbox.setdefault(tid, []).append((i, value))
+                        elif kind == "ok" and isinstance(value, dict):
+                            transport.release(value)  # a stale reply of an abandoned request
+                    continue
+                except (EOFError, OSError):
+                    pass
+            s.proc.join(0.5)
+            log.warning("capar: worker %d died (exit code %s) while monitoring; replacing it", i, s.proc.exitcode)
+            self._replace(i)
+            return  # fds may be reused by the replacement: the caller waits again
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop every worker (exit message, then terminate, then kill); idempotent, bounded by ~2 s."""
@@ -446,6 +546,78 @@ class ShardedGroup:
                               retry=False)
 
     def __enter__(self) -> "ShardedGroup":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class ShardedMonitor:
+    """Batches from every worker's Monitor, merged, with PV indices in the caller's order.
+
+    Iterate (``for batch in mon``) or call :meth:`get_batch`; stop with :meth:`close` or ``with``.
+    """
+
+    def __init__(self, coord: Coordinator, gid: int, names: list[str], shards: list[tuple[int, int]],
+                 timeout: float = 1.0) -> None:
+        self._coord, self.gid, self.names, self._shards = coord, gid, names, shards
+        self.timeout = timeout
+        self.closed = False
+        self.overflow = 0
+
+    def get_batch(self, timeout: float = 1.0) -> Optional[Any]:
+        """Events that arrived within *timeout* seconds, merged into one Batch (None when there are none)."""
+        coord = self._coord
+        coord._check()
+        deadline = time.time() + timeout
+        while not coord._inbox.get(self.gid):
+            remaining = deadline - time.time()
+            if remaining <= 0 or self.closed:
+                return None
+            coord._pump(remaining)
+        coord._pump(0.0)  # whatever else is already there
+        parts = coord._inbox.pop(self.gid, [])
+        return self._merge(parts) if parts else None
+
+    def _merge(self, parts: list) -> Any:
+        from ..monitor import Batch
+
+        offsets = [self._shards[i][0] for i, _ in parts]
+        batches = [b for _, b in parts]
+        overflow = sum(b.overflow for b in batches)
+        self.overflow += overflow
+        values = None
+        if any(b.values is not None for b in batches):
+            values = []
+            for b in batches:
+                values.extend(b.values if b.values is not None else b.value.tolist())
+        return Batch(
+            index=np.concatenate([b.index + off for b, off in zip(batches, offsets)]),
+            value=np.concatenate([b.value for b in batches]),
+            timestamp=np.concatenate([b.timestamp for b in batches]),
+            status=np.concatenate([b.status for b in batches]),
+            severity=np.concatenate([b.severity for b in batches]),
+            values=values, kind=np.concatenate([b.kind for b in batches]), overflow=overflow)
+
+    def __iter__(self) -> Any:
+        while not self.closed:
+            batch = self.get_batch(self.timeout)
+            if batch is not None:
+                yield batch
+
+    def close(self) -> None:
+        """Unsubscribe in every worker (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        coord = self._coord
+        coord._monitors.pop(self.gid, None)
+        if not coord._closed and not coord._broken:
+            coord._call({i: ("mstop", 0, self.gid) for i in range(len(self._shards))}, time.time() + 5.0,
+                        retry=False)
+        coord._inbox.pop(self.gid, None)
+
+    def __enter__(self) -> "ShardedMonitor":
         return self
 
     def __exit__(self, *exc: Any) -> None:
