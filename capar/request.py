@@ -26,7 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
-__all__ = ["RequestFileError", "RequestEntry", "read_request", "iter_request", "parse_macros", "expand"]
+__all__ = ["RequestFileError", "RequestEntry", "read_request", "read_names", "iter_request", "parse_macros",
+           "expand"]
 
 _MAX_DEPTH = 32          # include nesting
 _MAX_EXPANSION = 64      # nested macro expansions (a self-referencing macro hits this)
@@ -262,3 +263,13 @@ def _include(path: str, lineno: int, rest: str, macros: dict[str, str], search_p
             return
     looked = ", ".join(os.path.dirname(c) or "." for c in candidates)
     raise RequestFileError(f"included file {fname!r} not found (looked in {looked})", path, lineno)
+
+
+def read_names(path: Union[str, os.PathLike], macros: Sequence[str] = ()) -> list[str]:
+    """PV names of a names or request file for job scripts: ``-m`` macro strings joined, and a
+    :class:`RequestFileError` (not an empty list) when the file holds no name."""
+    names = read_request(path, ",".join(macros))
+    if not names:
+        raise RequestFileError("no PV names", os.fspath(path))
+    return names
+

@@ -21,7 +21,7 @@ import threading
 import time
 
 import capar
-from capar.request import RequestFileError, read_request
+from capar.request import RequestFileError, read_names
 
 
 def rotate(directory, name, ext, keep):
@@ -61,12 +61,9 @@ def main(argv=None):
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
         ap.error(f"--name {name!r}: use letters, digits and _ . + - only")
     try:
-        names = read_request(args.names, ",".join(args.macros))
+        names = read_names(args.names, args.macros)
     except RequestFileError as exc:
         print(f"archive: {exc}", file=sys.stderr)
-        return 2
-    if not names:
-        print(f"archive: {args.names}: no PV names", file=sys.stderr)
         return 2
     os.makedirs(args.directory, exist_ok=True)
 

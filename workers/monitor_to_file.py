@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 import capar
-from capar.request import RequestFileError, read_request
+from capar.request import RequestFileError, read_names
 
 FORMAT = "capar-monitor-chunk-1"
 
@@ -147,12 +147,9 @@ def main(argv=None):
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
         ap.error(f"--name {name!r}: use letters, digits and _ . + - only")
     try:
-        names = read_request(args.names, ",".join(args.macros))
+        names = read_names(args.names, args.macros)
     except RequestFileError as exc:
         print(f"monitor_to_file: {exc}", file=sys.stderr)
-        return 2
-    if not names:
-        print(f"monitor_to_file: {args.names}: no PV names", file=sys.stderr)
         return 2
     os.makedirs(args.directory, exist_ok=True)
 

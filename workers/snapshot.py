@@ -13,7 +13,7 @@ import sys
 import time
 
 import capar
-from capar.request import RequestFileError, read_request
+from capar.request import RequestFileError, read_names
 
 
 def main(argv=None):
@@ -32,12 +32,9 @@ def main(argv=None):
     if args.processes < 0:
         ap.error("--processes must be >= 0")
     try:
-        names = read_request(args.names, ",".join(args.macros))
+        names = read_names(args.names, args.macros)
     except RequestFileError as exc:
         print(f"snapshot: {exc}", file=sys.stderr)
-        return 2
-    if not names:
-        print(f"snapshot: {args.names}: no PV names", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
