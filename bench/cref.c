@@ -12,6 +12,9 @@
  *                                    (ca_array_get of each + ca_pend_io)
  *   cref waveform NAMESFILE COUNT    connect outside the timer, then time one round of
  *                                    ca_array_get of COUNT doubles of each + ca_pend_io
+ *   cref monitor  NAMESFILE SECONDS  subscribe (DBR_TIME_DOUBLE) to every channel, warm up 1 s, then
+ *                                    count events per PV for SECONDS; reports delivered, expected
+ *                                    (last - first + 1 per PV: the names are +1 counters) and CPU
  *
  * Prints ONE JSON line on stdout: {"seconds": S, "ok": N, "n": NAMES, ...}.
  * "ok" counts values that actually arrived (buffers are pre-filled with NaN).
@@ -22,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 
 #include <cadef.h>
 
@@ -114,6 +118,71 @@ static long count_ok(long n, long count, const double *buf)
     return ok;
 }
 
+/* monitor mode: per-PV first/last/count, updated on libca's thread */
+static double *mon_first, *mon_last;
+static long *mon_count;
+static volatile int mon_recording;
+
+static void on_event(struct event_handler_args args)
+{
+    long i = (long)(size_t)args.usr;
+    double v;
+    if (args.status != ECA_NORMAL || !mon_recording)
+        return;
+    v = ((const struct dbr_time_double *)args.dbr)->value;
+    if (isnan(mon_first[i]) || v < mon_first[i])
+        mon_first[i] = v;
+    if (isnan(mon_last[i]) || v > mon_last[i])
+        mon_last[i] = v;
+    mon_count[i]++;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + 1e-6 * ru.ru_utime.tv_usec + ru.ru_stime.tv_sec + 1e-6 * ru.ru_stime.tv_usec;
+}
+
+static int monitor_mode(char **names, long n, chid *chids, double seconds, double timeout)
+{
+    long i, delivered = 0, expected = 0, seen = 0, connected;
+    double c0, c1, t0, t1;
+    evid ev;
+    mon_first = malloc((n ? n : 1) * sizeof(double));
+    mon_last = malloc((n ? n : 1) * sizeof(double));
+    mon_count = calloc(n ? n : 1, sizeof(long));
+    for (i = 0; i < n; i++)
+        mon_first[i] = mon_last[i] = NAN;
+    connected = connect_all(names, n, chids, timeout);
+    for (i = 0; i < n; i++)
+        if (ca_state(chids[i]) == cs_conn)
+            ca_create_subscription(DBR_TIME_DOUBLE, 1, chids[i], DBE_VALUE | DBE_ALARM, on_event,
+                                   (void *)(size_t)i, &ev);
+    ca_flush_io();
+    ca_pend_event(1.0); /* warm-up */
+    c0 = cpu_seconds();
+    t0 = now();
+    mon_recording = 1;
+    ca_pend_event(seconds);
+    mon_recording = 0;
+    t1 = now();
+    c1 = cpu_seconds();
+    for (i = 0; i < n; i++) {
+        delivered += mon_count[i];
+        if (!isnan(mon_first[i])) {
+            expected += (long)(mon_last[i] - mon_first[i] + 1);
+            seen++;
+        }
+    }
+    printf("{\"client\": \"C\", \"n\": %ld, \"seconds\": %.3f, \"delivered\": %ld, \"expected\": %ld, "
+           "\"pvs_seen\": %ld, \"connected\": %ld, \"cpu\": %.4f, \"cpu_per_100k\": %.4f, "
+           "\"us_per_event\": %.4f}\n",
+           n, t1 - t0, delivered, expected, seen, connected, c1 - c0,
+           delivered ? (c1 - c0) / delivered * 1e5 : 0.0, delivered ? (c1 - c0) / delivered * 1e6 : 0.0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode, *env;
@@ -124,7 +193,7 @@ int main(int argc, char **argv)
     int status;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: %s oneshot|repeat|waveform NAMESFILE [R|COUNT]\n", argv[0]);
+        fprintf(stderr, "usage: %s oneshot|repeat|waveform|monitor NAMESFILE [R|COUNT|SECONDS]\n", argv[0]);
         return 2;
     }
     mode = argv[1];
@@ -187,6 +256,8 @@ int main(int argc, char **argv)
                    "\"count\": %ld, \"full\": %ld}\n",
                    t1 - t0, ok, n, connected, count, full);
         }
+    } else if (strcmp(mode, "monitor") == 0) {
+        monitor_mode(names, n, chids, arg > 0 ? (double)arg : 10.0, timeout);
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

@@ -13,8 +13,9 @@ values plus a 1 s warm-up, then records for ``--seconds``:
 - CPU: user+system seconds of the client process over the window (``psutil``), per 100k events and per
   event.  The IOC's CPU is not counted.
 
-Clients: ``capar`` (``capar.Monitor``; the consumer keeps per-PV first/last/count with numpy per batch)
-and ``pyepics`` (``epics.PV(..., callback=...)``, skipped when pyepics is not installed; its callback
+Clients: ``C`` (``bench/cref.c monitor``: a plain libca client counting in its callback), ``capar``
+(``capar.Monitor``; the consumer keeps per-PV first/last/count with numpy per batch), ``capar_k2``
+(``capar.Coordinator(2).monitor``; CPU of the parent and both workers) and ``pyepics`` (``epics.PV(..., callback=...)``, skipped when pyepics is not installed; its callback
 keeps the same per-PV bookkeeping in Python lists).
 """
 from __future__ import annotations
@@ -56,46 +57,92 @@ def _report(n: int, seconds: float, cpu: float, first: Any, last: Any, count: An
     print(json.dumps(out), flush=True)
 
 
-def child_capar(prefix: str, n: int, seconds: float) -> None:
+def _consume(get_batch: Any, n: int, seconds: float, cpu: Any) -> tuple:
+    """Warm up, then record *seconds* of batches: per-PV first/last/count with numpy per batch."""
     import numpy as np
+
+    first = np.full(n, np.nan)
+    last = np.full(n, np.nan)
+    count = np.zeros(n, dtype=np.int64)
+    batches = overflow = 0
+    t_end = time.monotonic() + WARMUP
+    while time.monotonic() < t_end:
+        get_batch(0.1)
+    c0 = cpu()
+    t0 = time.monotonic()
+    t_end = t0 + seconds
+    while time.monotonic() < t_end:
+        b = get_batch(0.1)
+        if b is None:
+            continue
+        batches += 1
+        overflow += b.overflow
+        sel = b.kind == 0
+        idx = b.index[sel]
+        val = b.value[sel]
+        count += np.bincount(idx, minlength=n)
+        new = np.isnan(first[idx])
+        if new.any():
+            fi = idx[new]
+            first[fi] = np.inf
+            np.minimum.at(first, fi, val[new])
+        np.fmax.at(last, idx, val)
+    c1 = cpu()
+    return time.monotonic() - t0, c1 - c0, first, last, count, batches, overflow
+
+
+def child_capar(prefix: str, n: int, seconds: float) -> None:
     import psutil
 
     import capar
 
     proc = psutil.Process()
-    names = _names(prefix, n)
-    first = np.full(n, np.nan)
-    last = np.full(n, np.nan)
-    count = np.zeros(n, dtype=np.int64)
-    batches = 0
-    overflow = 0
-    with capar.Monitor(names, connection_timeout=30.0) as mon:
-        t_end = time.monotonic() + WARMUP
-        while time.monotonic() < t_end:
-            mon.get_batch(0.1)
-        c0 = sum(proc.cpu_times()[:2])
-        t0 = time.monotonic()
-        t_end = t0 + seconds
-        while time.monotonic() < t_end:
-            b = mon.get_batch(0.1)
-            if b is None:
-                continue
-            batches += 1
-            overflow += b.overflow
-            sel = b.kind == 0
-            idx = b.index[sel]
-            val = b.value[sel]
-            count += np.bincount(idx, minlength=n)
-            new = np.isnan(first[idx])
-            if new.any():
-                fi = idx[new]
-                first[fi] = np.inf
-                np.minimum.at(first, fi, val[new])
-            np.fmax.at(last, idx, val)
-        c1 = sum(proc.cpu_times()[:2])
-        elapsed = time.monotonic() - t0
-    _report(n, elapsed, c1 - c0, first, last, count,
+    with capar.Monitor(_names(prefix, n), connection_timeout=30.0) as mon:
+        elapsed, cpu, first, last, count, batches, overflow = _consume(
+            mon.get_batch, n, seconds, lambda: sum(proc.cpu_times()[:2]))
+    _report(n, elapsed, cpu, first, last, count,
             {"client": "capar", "batches": batches, "overflow": overflow, "connected": int(mon.connected.size)})
+
+
+def child_capar_k2(prefix: str, n: int, seconds: float) -> None:
+    """Coordinator(2).monitor: CPU is the parent's plus both workers'."""
+    import psutil
+
+    import capar
+
+    proc = psutil.Process()
+    with capar.Coordinator(2) as co:
+        workers = [psutil.Process(pid) for pid in co.pids]
+
+        def cpu() -> float:
+            return sum(sum(p.cpu_times()[:2]) for p in [proc] + workers)
+
+        with co.monitor(_names(prefix, n), batch_interval=0.1, connection_timeout=30.0) as mon:
+            elapsed, used, first, last, count, batches, overflow = _consume(mon.get_batch, n, seconds, cpu)
+    _report(n, elapsed, used, first, last, count,
+            {"client": "capar_k2", "batches": batches, "overflow": overflow})
+
+
+def child_c(prefix: str, n: int, seconds: float) -> None:
+    """The C libca reference (bench/cref.c, monitor mode)."""
+    import tempfile
+
+    sys.path.insert(0, HERE)
+    from run import build_cref
+
+    exe, why = build_cref()
+    if exe is None:
+        print(json.dumps({"client": "C", "n": n, "skip": why}), flush=True)
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(_names(prefix, n)) + "\n")
+    try:
+        out = subprocess.run([exe, "monitor", f.name, str(int(seconds))], capture_output=True, text=True,
+                             timeout=seconds + 120)
+    finally:
+        os.unlink(f.name)
+    print(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else json.dumps(
+        {"client": "C", "n": n, "error": out.stderr[-500:]}), flush=True)
 
 
 def child_pyepics(prefix: str, n: int, seconds: float) -> None:
@@ -201,13 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="1000,5000", help="comma-separated PV counts")
     ap.add_argument("--seconds", type=float, default=10.0, help="recording window per client")
-    ap.add_argument("--clients", default="capar,pyepics")
+    ap.add_argument("--clients", default="C,capar,capar_k2,pyepics")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--child", nargs=4, metavar=("CLIENT", "PREFIX", "N", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         client, prefix, n, secs = args.child
-        {"capar": child_capar, "pyepics": child_pyepics}[client](prefix, int(n), float(secs))
+        {"capar": child_capar, "capar_k2": child_capar_k2, "C": child_c,
+         "pyepics": child_pyepics}[client](prefix, int(n), float(secs))
         return 0
     results = run([int(x) for x in args.n.split(",")], args.seconds, args.clients.split(","))
     if args.json:

@@ -70,18 +70,20 @@ def test_capool_map_and_errors(prefix, method):
 def test_many_process_starts_no_undefined_behavior(prefix, capfd):
     """Repeated child starts while the parent holds channels: no hangs, no libCom fork warning."""
     assert capar.caget(prefix + "ao") == 3.5
+    # 200 fresh processes in all, each reading in its child while the parent holds live channels
     with CAPool(2, maxtasksperchild=1) as pool:
-        vals = pool.map(_read, [prefix + "longin"] * 40)
+        vals = pool.map(_read, [prefix + "longin"] * 150, chunksize=1)
     pool.join()
+    assert len({pid for pid, _, _ in vals}) == 150  # maxtasksperchild=1: one process per task
     procs = []
-    for _ in range(10):
+    for _ in range(50):
         p = CAProcess(target=_read, args=(prefix + "ai",))
         p.start()
         procs.append(p)
     for p in procs:
         p.join(30)
-    assert [p.exitcode for p in procs] == [0] * 10
-    assert [v for _, v, _ in vals] == [-7] * 40
+    assert [p.exitcode for p in procs] == [0] * 50
+    assert [v for _, v, _ in vals] == [-7] * 150
     err = capfd.readouterr().err
     assert "Undefined Behavior" not in err
 
