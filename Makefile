@@ -34,6 +34,8 @@ soak: $(VENV)/.stamp-test
 bench: $(VENV)/.stamp-bench
 	$(PY) bench/run.py
 	$(PY) bench/coordinator_bench.py
+	$(PY) bench/monitor_bench.py --n 1000,5000
+	$(PY) bench/monitor_bench.py --n 20000 --clients C,capar,capar_k2
 
 clean:
 	rm -rf $(VENV) build *.egg-info
