@@ -24,7 +24,7 @@ from . import errors
 
 __all__ = [
     "LibCA", "load", "libca_path", "event_handler_args", "connection_handler_args",
-    "exception_handler_args", "EventCallback", "ConnectionCallback", "ExceptionCallback",
+    "exception_handler_args", "EventCallback", "ConnectionCallback", "ExceptionCallback", "ThreadExitCallback",
     "PrintfHandler",
 ]
 
@@ -70,6 +70,7 @@ class exception_handler_args(Structure):
 
 
 EventCallback = CFUNCTYPE(None, event_handler_args)
+ThreadExitCallback = CFUNCTYPE(None, c_void_p)  # void (*)(void *arg) for libCom's epicsAtThreadExit
 ConnectionCallback = CFUNCTYPE(None, connection_handler_args)
 ExceptionCallback = CFUNCTYPE(None, exception_handler_args)
 # int printf-like handler(const char *fmt, va_list args): we only see the format pointer.
@@ -181,6 +182,10 @@ class LibCA:
         # misc
         self.ca_message = f("ca_message", c_char_p, [c_long])
         self.ca_version = f("ca_version", c_char_p, [])
+        # libCom: run a function in the calling epicsThread when it exits
+        self.epicsAtThreadExit = getattr(self.com, "epicsAtThreadExit")
+        self.epicsAtThreadExit.restype = c_int
+        self.epicsAtThreadExit.argtypes = [ThreadExitCallback, c_void_p]
         # ca_repeater() is exported with C++ linkage only.
         self.ca_repeater = getattr(self.ca, "_Z11ca_repeaterv")
         self.ca_repeater.restype = None

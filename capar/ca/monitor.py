@@ -43,7 +43,7 @@ import numpy as np
 
 from . import dbr, errors
 from .context import ensure_context, registry
-from .libca import ConnectionCallback, EventCallback, evid_t
+from .libca import ConnectionCallback, EventCallback, ThreadExitCallback, evid_t
 
 __all__ = ["MonitorCore", "decode", "ROW", "KIND_VALUE", "KIND_CONNECTED", "KIND_DISCONNECTED"]
 
@@ -82,16 +82,28 @@ _MEM = _address_space()
 # creates a fresh PyThreadState on entry and destroys it on return -- about 8 us per call, three times
 # everything else an event costs.  The first event on such a thread takes one extra PyGILState_Ensure
 # that is never released, so the thread state persists and later callbacks only take/release the GIL.
-# Cost: a circuit's receive thread ends when its circuit does (IOC restart, disconnect), leaving its
-# pinned thread state (about 5 KB) behind until interpreter exit.  Releasing it at thread exit needs
-# libCom's epicsAtThreadExit, which libca.py does not declare (yet).
+# A circuit's receive thread ends with its circuit (IOC restart, disconnect): the pin registers libCom's
+# epicsAtThreadExit, whose callback (run by ctypes with one Ensure of its own) releases the pinned Ensure;
+# ctypes' final Release then deletes the thread state, so nothing is left behind.
 _tls = threading.local()          # lives in the thread state: "pinned" present <=> this thread is pinned
 _gil_ensure = ctypes.pythonapi.PyGILState_Ensure  # PyGILState_STATE (int) PyGILState_Ensure(void)
+_gil_release = ctypes.pythonapi.PyGILState_Release
+_gil_release.argtypes = [ctypes.c_int]
+_gil_release.restype = None
+
+
+def _unpin(state: Optional[int]) -> None:
+    _gil_release(int(state or 0))
 
 
 def _pin_thread() -> None:
-    _gil_ensure()
+    state = _gil_ensure()
     _tls.pinned = True
+    reg = _REG
+    unpin = reg.callbacks.get("monitor_unpin")
+    if unpin is None:
+        unpin = reg.callbacks["monitor_unpin"] = ThreadExitCallback(_unpin)
+    reg.lib.epicsAtThreadExit(unpin, state)
 
 
 # the registry and subscription table the callbacks serve (bound by _callbacks(); per process)
