@@ -214,6 +214,21 @@ def watch_stdin():
     stop.set()
 
 threading.Thread(target=watch_stdin, daemon=True).start()
+
+import ctypes
+api = ctypes.pythonapi
+api.PyInterpreterState_Head.restype = ctypes.c_void_p
+api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
+api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
+api.PyThreadState_Next.restype = ctypes.c_void_p
+api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
+
+def thread_states():  # Python thread states alive in this interpreter (pinned libca threads included)
+    t, n = api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Head()), 0
+    while t:
+        n, t = n + 1, api.PyThreadState_Next(t)
+    return n
+
 mon = capar.Monitor(names, connection_timeout=10.0)
 spare = capar.Monitor(names[:1])   # left open on purpose: closed by capar's exit hook
 emit({"ready": mon.connected.tolist()})
@@ -222,7 +237,8 @@ while not stop.is_set():
     if b is None:
         continue
     emit({"i": b.index.tolist(), "k": b.kind.tolist(),
-          "v": [None if x != x else x for x in b.value.tolist()], "overflow": b.overflow})
+          "v": [None if x != x else x for x in b.value.tolist()], "overflow": b.overflow,
+          "tstates": thread_states()})
 mon.close()
 emit({"done": True})
 """
@@ -308,6 +324,14 @@ def test_ioc_restart_disconnect_reconnect_in_subprocess():
         assert all(v is None for k, v in seq if k != 0)
         vals = [v for k, v in seq[c:] if k == 0]
         assert len(vals) >= 5 and np.all(np.diff(vals) == 1), vals
+    # the receive thread of the dead circuit released its pinned thread state (epicsAtThreadExit):
+    # as many thread states after the reconnect as before (medians: ctypes makes transient states)
+    with_states = [m for m in lines if "tstates" in m]
+    split = next(k for k, m in enumerate(with_states) if 2 in m["k"])
+    states_before = sorted(m["tstates"] for m in with_states[max(0, split - 5):split])
+    states_after = sorted(m["tstates"] for m in with_states[-5:])
+    assert states_after[len(states_after) // 2] <= states_before[len(states_before) // 2], (
+        [m["tstates"] for m in with_states], split)
     # no value events between the disconnection and the reconnection
     for i in range(3):
         seq = [k for j, k, _ in after if j == i]
