@@ -203,6 +203,9 @@ class Snapshot:
             raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv or .npz)")
         d = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix="." + fmt, dir=d)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: give the file the usual permissions
         try:
             with os.fdopen(fd, "wb") as fh:
                 if fmt == "npz":

@@ -106,3 +106,13 @@ def test_round_trip_property(tmp_path, vals, suffix):
     back = Snapshot.load(snap.save(tmp_path / ("h" + suffix)))
     for a, b in zip(snap.values, back.values):
         assert _same(a, b), (a, b)
+
+
+def test_saved_file_has_umask_permissions(tmp_path):
+    import os
+
+    path = Snapshot.from_rows(SAMPLE).save(tmp_path / "perm.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["perm.json"]  # no temporary file left
