@@ -203,9 +203,7 @@ class Snapshot:
             raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv or .npz)")
         d = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix="." + fmt, dir=d)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the usual permissions
         try:
             with os.fdopen(fd, "wb") as fh:
                 if fmt == "npz":
@@ -393,6 +391,20 @@ class Snapshot:
 
 # ---------------------------------------------------------------------------------------------------
 # value encoding shared by JSON and CSV
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def _as_float(v: Any) -> float:
     if isinstance(v, (bool, int, float, np.integer, np.floating)):
