@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
 from types import SimpleNamespace
 from typing import Any, Callable, Optional

@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -637,7 +637,7 @@ def encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int, 
             raise BadValue(f"{len(items)} strings do not fit {pvname!r} ({nelm} elements)")
         buf = np.zeros(len(items), dtype="S40")
         for i, item in enumerate(items):
-            if not isinstance(item, (str, bytes, int, float, np.number)) or isinstance(item, bool) and False:
+            if not isinstance(item, (str, bytes, int, float, np.number)):
                 raise BadValue(f"cannot put {type(item).__name__} {item!r} to string PV {pvname!r}")
             raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
             if len(raw) >= dbr.MAX_STRING_SIZE:
@@ -855,7 +855,3 @@ def get_cache(pvname: str) -> Optional[_Entry]:
     ctx = ensure_context()
     key = reg.by_name.get((ctx, pvname))
     return reg.channels.get(key) if key is not None else None
-
-
-def _iter_names(pvnames: Iterable[Any]) -> list[str]:
-    return [check_name(n) for n in pvnames]
