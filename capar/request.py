@@ -31,6 +31,7 @@ __all__ = ["RequestFileError", "RequestEntry", "read_request", "read_names", "it
 
 _MAX_DEPTH = 32          # include nesting
 _MAX_EXPANSION = 64      # nested macro expansions (a self-referencing macro hits this)
+_MAX_EXPANDED = 65536  # characters one expansion may produce (A1=$(A0)$(A0)... doubles per level)
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -72,6 +73,7 @@ def _expand(text: str, macros: Mapping[str, str], file: Optional[str], line: Opt
     if "$" not in text:
         return text
     out: list[str] = []
+    size = 0
     i, n = 0, len(text)
     while i < n:
         c = text[i]
@@ -113,6 +115,9 @@ def _expand(text: str, macros: Mapping[str, str], file: Optional[str], line: Opt
             raise RequestFileError(f"undefined macro $({name}) (define it with -m {name}=... "
                                    f"or give a default $({name}=...))", file, line)
         out.append(value)
+        size += len(value)
+        if size > _MAX_EXPANDED:
+            raise RequestFileError(f"macro expansion longer than {_MAX_EXPANDED} characters", file, line)
         i = j + 1
     return "".join(out)
 
@@ -248,6 +253,8 @@ def _include(path: str, lineno: int, rest: str, macros: dict[str, str], search_p
         fname, defs = rest[1:end], rest[end + 1:].strip()
     else:
         parts = rest.split(None, 1)
+        if not parts:
+            raise RequestFileError("'file' needs a file name", path, lineno)
         fname, defs = parts[0], (parts[1] if len(parts) > 1 else "")
     if not fname:
         raise RequestFileError("'file' needs a file name", path, lineno)

@@ -225,18 +225,19 @@ class Snapshot:
         fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
         if not os.path.exists(path):
             raise SnapshotFormatError(f"{path}: no such file")
+        if fmt not in ("json", "csv", "npz"):
+            raise SnapshotFormatError(f"{path}: unknown snapshot format {fmt!r}")
         try:
             if fmt == "npz":
                 return cls._load_npz(path)
-            with open(path, "r", encoding="utf-8") as fh:
+            # newline="": a '\r' inside a quoted CSV field is data, not the end of a row
+            with open(path, "r", encoding="utf-8", newline="") as fh:
                 text = fh.read()
         except UnicodeDecodeError as exc:
             raise SnapshotFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        if fmt == "json":
-            return cls.from_json(text, source=path)
-        if fmt == "csv":
-            return cls.from_csv(text, source=path)
-        raise SnapshotFormatError(f"{path}: unknown snapshot format {fmt!r}")
+        except OSError as exc:
+            raise SnapshotFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        return cls.from_json(text, source=path) if fmt == "json" else cls.from_csv(text, source=path)
 
     def _records(self) -> list[dict[str, Any]]:
         recs = []
@@ -259,68 +260,96 @@ class Snapshot:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SnapshotFormatError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise SnapshotFormatError(f"{source}: JSON nested too deeply") from None
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("pvs"), list):
             raise SnapshotFormatError(f"{source}:1: not a capar snapshot (format {_FORMAT!r} expected)")
         rows = []
         for k, rec in enumerate(doc["pvs"]):
             try:
-                rows.append(Row(str(rec["name"]), _decode(rec["kind"], rec["value"]), int(rec["status"]),
-                                int(rec["severity"]), _j2f(rec["timestamp"]), bool(rec["ok"]), rec["error"]))
-            except (KeyError, TypeError, ValueError) as exc:
+                rows.append(_row(rec["name"], rec["kind"], rec["value"], rec["status"], rec["severity"],
+                                 rec["timestamp"], rec["ok"], rec["error"]))
+            except _BAD_DATA as exc:
                 raise SnapshotFormatError(f"{source}: PV record {k + 1}: {exc!r}") from None
-        snap = cls.from_rows(rows, form=str(doc.get("form", "time")))
-        snap.created = float(doc.get("created", snap.created))
+        try:
+            snap = cls.from_rows(rows, form=str(doc.get("form", "time")))
+            snap.created = float(doc.get("created", snap.created))
+        except _BAD_DATA as exc:
+            raise SnapshotFormatError(f"{source}: bad header or columns: {exc!r}") from None
         return snap
 
     _CSV_HEADER = ["name", "kind", "value", "status", "severity", "timestamp", "ok", "error"]
 
     def to_csv(self) -> str:
-        """CSV text: one row per PV; arrays as space-separated exact values."""
+        """CSV text: one row per PV; values as JSON; a final ``# end,N`` row marks a complete file."""
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        recs = self._records()
+        # the writer quotes '\n' but not a bare '\r' (not in our line terminator): quote everything then,
+        # or the '\r' would end the row when the file is read back
+        has_cr = any("\r" in r["name"] or "\r" in (r["error"] or "") for r in recs)
+        w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL)
         w.writerow(["# " + _FORMAT, self.form, repr(self.created)])
         w.writerow(self._CSV_HEADER)
-        for r in self._records():
+        for r in recs:
             w.writerow([r["name"], r["kind"], json.dumps(r["value"], allow_nan=False), r["status"],
                         r["severity"], json.dumps(r["timestamp"]), int(r["ok"]),
                         "" if r["error"] is None else r["error"]])
+        w.writerow(["# end", len(self)])
         return buf.getvalue()
 
     @classmethod
     def from_csv(cls, text: str, source: str = "<csv>") -> "Snapshot":
-        reader = csv.reader(io.StringIO(text))
+        reader = csv.reader(io.StringIO(text, newline=""))
         rows: list[Row] = []
-        form, created = "time", None
-        for lineno, rec in enumerate(reader, start=1):
-            if lineno == 1:
-                if not rec or rec[0] != "# " + _FORMAT:
-                    raise SnapshotFormatError(f"{source}:1: not a capar snapshot CSV")
-                form = rec[1] if len(rec) > 1 else "time"
-                created = float(rec[2]) if len(rec) > 2 else None
-                continue
-            if lineno == 2:
-                if rec != cls._CSV_HEADER:
-                    raise SnapshotFormatError(f"{source}:2: unexpected header {rec!r}")
-                continue
-            if not rec:
-                continue
-            try:
-                name, kind, value, status, severity, ts, ok, error = rec
-                rows.append(Row(name, _decode(kind, json.loads(value)), int(status), int(severity),
-                                _j2f(json.loads(ts)), bool(int(ok)), error or None))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise SnapshotFormatError(f"{source}:{lineno}: bad row: {exc}") from None
-        if created is None and not rows and "\n" not in text.strip():
-            raise SnapshotFormatError(f"{source}: truncated snapshot")
-        snap = cls.from_rows(rows, form=form)
+        form, created, end = "time", None, None
+        try:
+            for rec in reader:
+                lineno = reader.line_num
+                if end is not None:
+                    if rec:
+                        raise SnapshotFormatError(f"{source}:{lineno}: data after the end marker")
+                    continue
+                if lineno == 1:
+                    if not rec or rec[0] != "# " + _FORMAT:
+                        raise SnapshotFormatError(f"{source}:1: not a capar snapshot CSV")
+                    form = rec[1] if len(rec) > 1 else "time"
+                    created = float(rec[2]) if len(rec) > 2 else None
+                    continue
+                if lineno == 2:
+                    if rec != cls._CSV_HEADER:
+                        raise SnapshotFormatError(f"{source}:2: unexpected header {rec!r}")
+                    continue
+                if not rec:
+                    continue
+                if rec[0] == "# end":
+                    end = int(rec[1])
+                    continue
+                try:
+                    name, kind, value, status, severity, ts, ok, error = rec
+                    rows.append(_row(name, kind, json.loads(value), status, severity, json.loads(ts),
+                                     bool(int(ok)), error or None))
+                except _BAD_DATA as exc:
+                    raise SnapshotFormatError(f"{source}:{lineno}: bad row: {exc}") from None
+            if end is None:
+                raise SnapshotFormatError(f"{source}: truncated snapshot (no end marker after {len(rows)} rows)")
+            if end != len(rows):
+                raise SnapshotFormatError(f"{source}: {len(rows)} rows but the end marker says {end}")
+            snap = cls.from_rows(rows, form=form)
+        except SnapshotFormatError:
+            raise
+        except (csv.Error, *_BAD_DATA) as exc:
+            raise SnapshotFormatError(f"{source}: {exc}") from None
         if created is not None:
             snap.created = created
         return snap
 
     def _save_npz(self, fh: Any) -> None:
-        kinds, scal_f, scal_s = [], np.full(len(self), np.nan), np.full(len(self), "", dtype=object)
+        kinds, scal_f, scal_s = [], np.full(len(self), np.nan), [""] * len(self)
         arrays: dict[str, np.ndarray] = {}
+        lists: dict[str, list] = {}
         for i, v in enumerate(self.values):
+            if isinstance(v, np.generic):
+                v = v.item()
             if isinstance(v, np.ndarray):
                 kinds.append("a")
                 arrays[f"arr_{i}"] = v
@@ -338,32 +367,33 @@ class Snapshot:
                 scal_s[i] = v
             elif isinstance(v, list):
                 kinds.append("l")
-                arrays[f"arr_{i}"] = np.asarray(v, dtype=str)
+                lists[str(i)] = [str(x) for x in v]
             else:
                 kinds.append("n")
-        err = np.asarray(["" if e is None else str(e) for e in self.error], dtype=str)
-        has_err = np.asarray([e is not None for e in self.error])
+        # text travels as JSON inside the archive: numpy 'U' arrays would drop trailing NUL characters
+        text = json.dumps({"names": [str(n) for n in self.names.tolist()], "scal_s": scal_s, "lists": lists,
+                           "error": [None if e is None else str(e) for e in self.error]})
         np.savez(fh, _format=np.asarray(_FORMAT), form=np.asarray(self.form), created=np.asarray(self.created),
-                 names=np.asarray(self.names.tolist(), dtype=str), kinds=np.asarray(kinds, dtype=str),
-                 scal_f=scal_f, scal_s=np.asarray(scal_s.tolist(), dtype=str), status=self.status,
-                 severity=self.severity, timestamp=self.timestamp, ok=self.ok, error=err, has_err=has_err,
-                 **arrays)
+                 text=np.asarray(text), kinds=np.asarray(kinds, dtype=str), scal_f=scal_f, status=self.status,
+                 severity=self.severity, timestamp=self.timestamp, ok=self.ok, **arrays)
 
     @classmethod
     def _load_npz(cls, path: str) -> "Snapshot":
         try:
-            with np.load(path, allow_pickle=False) as z:
+            # our own file object: numpy leaves its handle open when the archive is not a zip at all
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 if str(z["_format"]) != _FORMAT:
                     raise SnapshotFormatError(f"{path}: not a capar snapshot")
-                names = z["names"].tolist()
+                text = json.loads(str(z["text"]))
+                names = [str(n) for n in text["names"]]
                 snap = cls.empty(names, form=str(z["form"]))
                 snap.created = float(z["created"])
-                kinds, sf, ss = z["kinds"].tolist(), z["scal_f"], z["scal_s"].tolist()
+                kinds, sf, ss, lists = z["kinds"].tolist(), z["scal_f"], text["scal_s"], text["lists"]
                 for i, k in enumerate(kinds):
                     if k == "a":
                         v: Any = z[f"arr_{i}"]
                     elif k == "l":
-                        v = z[f"arr_{i}"].tolist()
+                        v = [str(x) for x in lists[str(i)]]
                     elif k == "i":
                         v = int(ss[i])
                     elif k == "b":
@@ -371,7 +401,7 @@ class Snapshot:
                     elif k == "f":
                         v = float(sf[i])
                     elif k == "s":
-                        v = ss[i]
+                        v = str(ss[i])
                     else:
                         v = None
                     snap.values[i] = v
@@ -380,8 +410,7 @@ class Snapshot:
                 snap.severity[:] = z["severity"]
                 snap.timestamp[:] = z["timestamp"]
                 snap.ok[:] = z["ok"]
-                errs, has = z["error"].tolist(), z["has_err"].tolist()
-                snap.error[:] = [e if h else None for e, h in zip(errs, has)]
+                snap.error[:] = [None if e is None else str(e) for e in text["error"]]
                 return snap
         except SnapshotFormatError:
             raise
@@ -404,6 +433,21 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_BAD_DATA = (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError, RecursionError)
+
+
+def _row(name: Any, kind: Any, payload: Any, status: Any, severity: Any, ts: Any, ok: Any, error: Any) -> Row:
+    """One Row from file fields, checked: types and int16 ranges (ValueError/TypeError otherwise)."""
+    if not isinstance(kind, str):
+        raise TypeError(f"value kind must be a string, not {kind!r}")
+    st, sv = int(status), int(severity)
+    if not (-32768 <= st <= 32767 and -32768 <= sv <= 32767):
+        raise ValueError(f"status/severity out of range: {st}, {sv}")
+    if error is not None and not isinstance(error, str):
+        raise TypeError(f"error must be a string or null, not {error!r}")
+    return Row(str(name), _decode(kind, payload), st, sv, _j2f(ts), bool(ok), error)
 
 
 def _as_float(v: Any) -> float:

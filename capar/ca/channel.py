@@ -41,7 +41,10 @@ log = logging.getLogger("capar")
 DEFAULT_CONNECTION_TIMEOUT = 2.0  # seconds, as pyepics
 AUTOMONITOR_MAXLENGTH = 65536      # elements, as pyepics
 DEFAULT_SUBSCRIPTION_MASK = dbr.DBE_VALUE | dbr.DBE_ALARM
-MAX_PV_NAME_LENGTH = 1024          # characters; CA cannot carry much more in one search datagram
+#: bytes of UTF-8: a CA search datagram (1024 bytes: version + search headers, 32 bytes, then the name with
+#: its NUL padded to 8) carries at most 991; libca accepts a little more and then retries the unsendable
+#: search forever, which stalls every other search of the context
+MAX_PV_NAME_LENGTH = 991
 
 _PENDING = object()
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
@@ -68,9 +71,12 @@ def check_name(pvname: Any) -> str:
         raise TypeError(f"PV name must be a str, not {type(pvname).__name__}: {pvname!r}")
     if not pvname:
         raise BadPVName("PV name is empty")
-    if len(pvname) > MAX_PV_NAME_LENGTH:
-        raise BadPVName(f"PV name is {len(pvname)} characters long (max {MAX_PV_NAME_LENGTH}): "
-                        f"{pvname[:40]!r}...")
+    try:
+        size = len(pvname.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadPVName(f"PV name cannot be encoded as UTF-8 (lone surrogate?): {pvname[:40]!r}") from None
+    if size > MAX_PV_NAME_LENGTH:
+        raise BadPVName(f"PV name is {size} bytes long in UTF-8 (max {MAX_PV_NAME_LENGTH}): {pvname[:40]!r}...")
     if _BAD_CHARS.search(pvname):
         raise BadPVName(f"PV name contains whitespace or control characters: {pvname!r}")
     return pvname
@@ -632,7 +638,13 @@ def encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int, 
         buf = np.frombuffer(raw + b"\0", dtype=np.uint8).copy()
         return dbr.CHAR, len(buf), buf
     if native in (dbr.STRING, dbr.ENUM) and (isinstance(value, (str, bytes)) or native == dbr.STRING):
-        items = [value] if isinstance(value, (str, bytes)) or np.ndim(value) == 0 else list(value)
+        try:
+            scalar = isinstance(value, (str, bytes)) or np.ndim(value) == 0
+            items = [value] if scalar else list(value)
+        except (TypeError, ValueError) as exc:
+            raise BadValue(f"cannot put {type(value).__name__} to string PV {pvname!r}: {exc}") from None
+        if not items:
+            raise BadValue(f"cannot put an empty array to {pvname!r}")
         if len(items) > nelm:
             raise BadValue(f"{len(items)} strings do not fit {pvname!r} ({nelm} elements)")
         buf = np.zeros(len(items), dtype="S40")
@@ -666,14 +678,28 @@ def encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int, 
         raise BadValue(f"{flat.size} elements do not fit {pvname!r} ({nelm} elements)")
     if flat.size == 0:
         raise BadValue(f"cannot put an empty array to {pvname!r}")
-    if dt.kind in "iu":
-        if flat.dtype.kind == "f":
-            if not np.all(np.isfinite(flat)):
-                raise BadValue(f"cannot put NaN/inf to integer PV {pvname!r}")
-        lo, hi = _int_range(dt)
-        if flat.size and (flat.min() < lo or flat.max() > hi):
-            raise BadValue(f"value out of range [{lo}, {hi}] for {dbr.NATIVE_NAMES[native]} PV {pvname!r}")
-    buf = np.ascontiguousarray(flat, dtype=dt)
+    kind = dbr.NATIVE_NAMES[native]
+    with np.errstate(all="raise"):
+        try:
+            if dt.kind in "iu":
+                if flat.dtype.kind == "f":
+                    wide = flat.astype(np.float64) if flat.dtype.itemsize <= 8 else flat
+                    if not np.all(np.isfinite(wide)):
+                        raise BadValue(f"cannot put NaN/inf to integer PV {pvname!r}")
+                    lo, hi = _int_range(dt)
+                    if wide.min() < lo or wide.max() > hi:
+                        raise BadValue(f"value out of range [{lo}, {hi}] for {kind} PV {pvname!r}")
+                else:
+                    lo, hi = _int_range(dt)
+                    if int(flat.min()) < lo or int(flat.max()) > hi:
+                        raise BadValue(f"value out of range [{lo}, {hi}] for {kind} PV {pvname!r}")
+            elif flat.dtype.kind == "f" and flat.dtype.itemsize > dt.itemsize:
+                finite = flat[np.isfinite(flat)]
+                if finite.size and np.max(np.abs(finite)) > np.finfo(dt).max:
+                    raise BadValue(f"value beyond the {kind} range (±{np.finfo(dt).max:.3g}) for PV {pvname!r}")
+            buf = np.ascontiguousarray(flat, dtype=dt)
+        except (FloatingPointError, OverflowError) as exc:
+            raise BadValue(f"cannot convert {value!r:.60} to {kind} for PV {pvname!r}: {exc}") from None
     return native, int(buf.size), buf
 
 
