@@ -203,9 +203,10 @@ class Snapshot:
             raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv or .npz)")
         d = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix="." + fmt, dir=d)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the usual permissions
+        fh = os.fdopen(fd, "wb")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with fh:
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the usual permissions
                 if fmt == "npz":
                     self._save_npz(fh)
                 else:
@@ -321,7 +322,7 @@ class Snapshot:
                     continue
                 if not rec:
                     continue
-                if rec[0] == "# end":
+                if rec[0] == "# end" and len(rec) == 2:  # data rows have 8 fields, whatever the PV name
                     end = int(rec[1])
                     continue
                 try:
@@ -350,6 +351,8 @@ class Snapshot:
         for i, v in enumerate(self.values):
             if isinstance(v, np.generic):
                 v = v.item()
+                if isinstance(v, np.floating):  # longdouble has no Python equivalent: as JSON/CSV do
+                    v = float(v)
             if isinstance(v, np.ndarray):
                 kinds.append("a")
                 arrays[f"arr_{i}"] = v
