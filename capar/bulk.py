@@ -18,7 +18,7 @@ from .ca import dbr
 from .ca.bulk import BulkChannels
 from .ca.channel import BadValue, check_name, encode_value
 from .ca.context import registry
-from .ca.errors import ECA, eca_message
+from .ca.errors import ECA, eca_message, seconds
 from .snapshot import Snapshot
 
 __all__ = ["Group", "acquire", "caget_many", "caput_many", "PutResult"]
@@ -85,7 +85,7 @@ class Group:
         self.form = form
         self.count = None if not count else int(count)
         self.as_string = as_string
-        self.connection_timeout = float(connection_timeout)
+        self.connection_timeout = seconds(connection_timeout, "connection_timeout")
         good = [str(n) if not isinstance(n, bytes) else n.decode() for n, e in zip(self.names, self._name_errors)
                 if e is None]
         self.unique: list[str] = list(dict.fromkeys(good))
@@ -138,7 +138,7 @@ class Group:
 
     def reconnect(self, timeout: float = 1.0) -> int:
         """Wait up to *timeout* seconds for channels that are not connected; returns how many are."""
-        self.connected = self._chans.wait_connected(time.monotonic() + timeout)
+        self.connected = self._chans.wait_connected(time.monotonic() + seconds(timeout))
         self._refresh_info()
         return int(self.connected.sum())
 
@@ -154,7 +154,7 @@ class Group:
     def get(self, timeout: float = 2.0) -> Snapshot:
         """Read every PV with ONE deadline *timeout* (seconds); failures are per PV in the Snapshot."""
         t0 = time.monotonic()
-        deadline = t0 + float(timeout)
+        deadline = t0 + seconds(timeout)
         u = len(self.unique)
         self._recheck()
         value = np.full(u, np.nan)
@@ -280,7 +280,7 @@ class Group:
             raise TypeError("values must be a sequence with one value per PV")
         if len(values) != len(self.names):
             raise ValueError(f"{len(values)} values for {len(self.names)} PVs")
-        deadline = time.monotonic() + float(timeout)
+        deadline = time.monotonic() + seconds(timeout)
         n = len(self.names)
         ok = np.zeros(n, dtype=bool)
         error = np.full(n, None, dtype=object)
@@ -373,6 +373,7 @@ def _close_all_groups() -> None:
 def acquire(names: Iterable[str], form: str = "time", timeout: float = 2.0, connection_timeout: float = 5.0,
             count: Optional[int] = None, as_string: bool = False) -> Snapshot:
     """One-shot bulk read: connect (one *connection_timeout* deadline, seconds), read (one *timeout*), close."""
+    timeout = seconds(timeout)
     with Group(names, form=form, count=count, as_string=as_string,
                connection_timeout=connection_timeout) as g:
         snap = g.get(timeout=timeout)

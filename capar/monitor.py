@@ -33,6 +33,7 @@ import numpy as np
 
 from .ca.channel import check_name
 from .ca.context import registry
+from .ca.errors import seconds
 from .ca.monitor import (
     KIND_CONNECTED, KIND_DISCONNECTED, KIND_VALUE, MonitorCore, close_orphans, decode,
 )
@@ -109,10 +110,10 @@ class Monitor:
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         self.names: list[str] = list(names)
         self.form = form
-        self.timeout = float(timeout)
+        self.timeout = seconds(timeout)
         self.latency = float(latency)
         self._last_drain = 0.0
-        self.connection_timeout = float(connection_timeout)
+        self.connection_timeout = seconds(connection_timeout, "connection_timeout")
         self._name_errors: dict[int, str] = {}
         encoded: list[Optional[bytes]] = []
         for i, n in enumerate(self.names):
@@ -188,7 +189,7 @@ class Monitor:
         if core is None:
             return None
         with self._consume_lock:
-            got = core.drain(timeout, self.latency, self._last_drain)
+            got = core.drain(seconds(timeout), self.latency, self._last_drain)
             self._last_drain = time.monotonic()
             if got is None:
                 return None

@@ -212,8 +212,7 @@ class PV:
         """Wait up to *timeout* seconds (default ``connection_timeout``) for the connection."""
         self._check_process()
         if not self.connected:
-            if timeout is None:
-                timeout = self.connection_timeout
+            timeout = ca.errors.seconds(self.connection_timeout if timeout is None else timeout)
             deadline = time.monotonic() + timeout
             ca.connect_channel(self.chid, timeout=timeout)
             # the connection callback may still be running in libca's thread
@@ -599,7 +598,8 @@ def caget(pvname: str, as_string: bool = False, count: Optional[int] = None, as_
     timeout, connection_timeout : float, seconds.
     """
     start = time.monotonic()
-    pv = get_pv(pvname, connect=True, timeout=connection_timeout)
+    timeout = ca.errors.seconds(timeout)
+    pv = get_pv(pvname, connect=True, timeout=ca.errors.seconds(connection_timeout, "connection_timeout"))
     if not pv.connected:
         return None
     if as_string:
@@ -616,7 +616,8 @@ def caput(pvname: str, value: Any, wait: bool = False, timeout: float = 60.0,
     timeout, connection_timeout : float, seconds.
     """
     start = time.monotonic()
-    pv = get_pv(pvname, connect=True, timeout=connection_timeout)
+    timeout = ca.errors.seconds(timeout)
+    pv = get_pv(pvname, connect=True, timeout=ca.errors.seconds(connection_timeout, "connection_timeout"))
     if not pv.connected:
         return None
     return pv.put(value, wait=wait, timeout=max(timeout - (time.monotonic() - start), 0.01))

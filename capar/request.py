@@ -30,6 +30,7 @@ __all__ = ["RequestFileError", "RequestEntry", "read_request", "read_names", "it
            "expand"]
 
 _MAX_DEPTH = 32          # include nesting
+_MAX_FILES = 10_000      # files opened by one read, includes counted at every occurrence
 _MAX_EXPANSION = 64      # nested macro expansions (a self-referencing macro hits this)
 _MAX_EXPANDED = 65536  # characters one expansion may produce (A1=$(A0)$(A0)... doubles per level)
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -195,7 +196,7 @@ def iter_request(path: Union[str, os.PathLike], macros: Union[Mapping[str, str],
         raise RequestFileError("no such file", path)
     if os.path.isdir(path):
         raise RequestFileError("is a directory, not a request file", path)
-    yield from _read(path, dict(macros or {}), [os.fspath(p) for p in search_path], [])
+    yield from _read(path, dict(macros or {}), [os.fspath(p) for p in search_path], [], opened=[0])
 
 
 def _lines(path: str, origin: Optional[tuple[str, int]]) -> list[str]:
@@ -217,7 +218,11 @@ def _lines(path: str, origin: Optional[tuple[str, int]]) -> list[str]:
 
 
 def _read(path: str, macros: dict[str, str], search_path: list[str], stack: list[str],
-          origin: Optional[tuple[str, int]] = None) -> Iterator[RequestEntry]:
+          origin: Optional[tuple[str, int]] = None, opened: Optional[list] = None) -> Iterator[RequestEntry]:
+    opened = opened if opened is not None else [0]
+    opened[0] += 1
+    if opened[0] > _MAX_FILES:
+        raise RequestFileError(f"more than {_MAX_FILES} files read (includes fanning out?)", *(origin or (path, None)))
     real = os.path.realpath(path)
     if real in stack:
         chain = " -> ".join(os.path.basename(p) for p in stack + [real])
@@ -232,7 +237,7 @@ def _read(path: str, macros: dict[str, str], search_path: list[str], stack: list
         if body.split(None, 1)[0] == "file":
             if body == "file":
                 raise RequestFileError("'file' needs a file name", path, lineno)
-            yield from _include(path, lineno, body[4:].strip(), macros, search_path, stack)
+            yield from _include(path, lineno, body[4:].strip(), macros, search_path, stack, opened)
             continue
         name = expand(body, macros, path, lineno).strip()
         if not name:
@@ -244,7 +249,7 @@ def _read(path: str, macros: dict[str, str], search_path: list[str], stack: list
 
 
 def _include(path: str, lineno: int, rest: str, macros: dict[str, str], search_path: list[str],
-             stack: list[str]) -> Iterator[RequestEntry]:
+             stack: list[str], opened: list) -> Iterator[RequestEntry]:
     rest = expand(rest, macros, path, lineno)
     if rest.startswith(('"', "'")):
         end = rest.find(rest[0], 1)
@@ -266,7 +271,7 @@ def _include(path: str, lineno: int, rest: str, macros: dict[str, str], search_p
     candidates = [fname] if os.path.isabs(fname) else [os.path.join(d, fname) for d in [here] + search_path]
     for cand in candidates:
         if os.path.isfile(cand):
-            yield from _read(cand, child_macros, search_path, stack, origin=(path, lineno))
+            yield from _read(cand, child_macros, search_path, stack, origin=(path, lineno), opened=opened)
             return
     looked = ", ".join(os.path.dirname(c) or "." for c in candidates)
     raise RequestFileError(f"included file {fname!r} not found (looked in {looked})", path, lineno)

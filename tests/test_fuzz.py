@@ -4,7 +4,8 @@
 1. PV names   -> ``ca.create_channel`` / ``PV`` / ``acquire``
 2. put values -> ``encode_value`` (every native type), ``ca.put`` / ``caput`` / ``Group.put`` (live IOC)
 3. snapshot files -> ``Snapshot.load`` / ``Snapshot.save`` (truncation, byte flips, encodings, edits, ...)
-4. request files  -> ``capar.request.read_request``
+4. request files  -> ``capar.request.read_request`` / ``parse_macros``
+5. timeouts (beyond the brief, same rule) -> NaN / negative / zero timeouts of the waiting calls
 
 Writes go only to ``P+"s1400"`` .. ``P+"s1499"``; the ``scratch`` fixture restores their values.
 
@@ -13,10 +14,12 @@ Library bugs
 An open bug is pinned by a deterministic reproducer marked ``xfail(strict=True)`` (``test_bug_*``; the
 reason says what is wrong).  The property tests keep fuzzing the whole input space: when one of them hits an
 *open* bug (recognised precisely: exception type + the capar function and source line that raised, see
-``KNOWN_RAISES``, or an input predicate for wrong-result bugs, see ``_known_roundtrip_bug`` /
-``_known_save_bug``) it records a hypothesis event and does not fail again for it; anything else fails.
+``KNOWN_RAISES``, or an input predicate for wrong-result bugs, see ``_known_roundtrip_bug``) it records a
+hypothesis event and does not fail again for it; anything else fails.
 When a bug is fixed its reproducer XPASSes (strict): remove the marker (rename it ``test_regression_*``)
-and the registry entry.  ``test_regression_*`` tests are the reproducers of bugs already fixed.
+and the registry entry.  ``test_regression_*`` tests are the reproducers of bugs already fixed (every bug
+this file found so far -- NAME-1..3, PUT-1..3, SNAP-1..11, SAVE-1, REQ-1..3, TIME-1..2 -- was fixed while
+it was written, so no test is marked xfail and the registries are empty).
 
 The examples are derandomized (the same inputs on every run, no ``.hypothesis`` database): set
 ``CAPAR_FUZZ_RANDOM=1`` to explore new random inputs instead.
@@ -25,9 +28,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gc
 import io
 import json
-import gc
 import linecache
 import math
 import os
@@ -156,7 +159,8 @@ def _bad_name_strategy() -> st.SearchStrategy:
     bad_utf8 = st.builds(lambda a, b: a + b"\xff" + b, st.binary(max_size=6), st.binary(max_size=6))
     return st.one_of(
         st.just(""), st.just(b""), ctrl_inside, ctrl_inside.map(lambda s: s.encode()), too_long,
-        too_long_unicode, too_long_utf8, too_long.map(str.encode), surrogate, bad_utf8, st.none(), st.integers(), st.floats(), st.booleans(),
+        too_long_unicode, too_long_utf8, too_long.map(str.encode), surrogate, bad_utf8,
+        st.none(), st.integers(), st.floats(), st.booleans(),
         st.lists(st.text(max_size=4), max_size=3), st.tuples(st.text(max_size=4)),
         st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.builds(bytearray, st.binary(max_size=5)),
         st.builds(object), st.complex_numbers(),
@@ -248,7 +252,7 @@ def test_acquire_mixed_good_and_bad_names(prefix, data):
             assert row.ok and row.error is None and row.value == value, (i, item, row)
 
 
-@fuzz(12)
+@fuzz(8)
 @given(data=st.data())
 def test_acquire_odd_names_lose_nothing_else(prefix, data):
     """Unserved (but legal) names fail alone, with a reason; the good PVs around them are read."""
@@ -281,7 +285,7 @@ def test_name_length_limit_is_991_utf8_bytes(prefix, name, accepted):
     """The longest name a CA search datagram carries (991 bytes of UTF-8) is accepted and searched without
     stalling the context's other searches; one byte more is a 'bad name' that never reaches libca."""
     good, value = _good_pv(prefix, 9)
-    snap = capar.acquire([name, good], connection_timeout=1.0)
+    snap = capar.acquire([name, good], connection_timeout=0.5)
     assert snap.ok[1] and snap.values[1] == value, snap.failed
     assert not snap.ok[0]
     assert (snap.error[0] == "not connected") if accepted else snap.error[0].startswith("bad name"), snap.error[0]
@@ -618,8 +622,6 @@ def test_encode_value_every_native_type(native_nelm, value):
     event(f"encode {dbr.NATIVE_NAMES[native]} -> buffer")
     why = _must_fail(native, nelm, value)
     assert why is None, f"{dbr.NATIVE_NAMES[native]}[{nelm}] accepted a bad value ({why}): {value!r:.80}"
-    if count == 0 and native == dbr.STRING:
-        return  # PUT-3 (test_bug_empty_sequence_put_to_string_pv)
     assert 1 <= count <= nelm and buf.size == count and buf.flags.c_contiguous, (ptype, count, buf)
     if ptype == dbr.STRING:
         assert buf.dtype == np.dtype("S40")
@@ -804,12 +806,13 @@ def _write(path: str, raw: bytes) -> None:
 @fuzz(50)
 @given(rows=_rows(), data=st.data())
 def test_load_truncated_file(tmp_path, fmt, rows, data):
-    """A truncated file gives SnapshotFormatError; JSON and NPZ never load as a (different) Snapshot."""
+    """A truncated file gives SnapshotFormatError: it never loads as a (different) Snapshot (CSV files end
+    with a '# end,N' row since SNAP-5)."""
     snap, path, raw = _saved(tmp_path, rows, fmt)
     cut = data.draw(st.integers(0, len(raw) - 1), label="cut")
     _write(path, raw[:cut])
     out = _load(path)
-    if isinstance(out, Snapshot) and fmt != "csv":  # CSV: SNAP-5 (test_bug_truncated_csv_loads)
+    if isinstance(out, Snapshot):
         assert raw[cut:].strip() == b"" and _same_snapshot(snap, out), f"truncated at {cut}/{len(raw)}"
 
 
@@ -977,13 +980,12 @@ def _numpy_scalars() -> st.SearchStrategy:
 
 
 def _known_roundtrip_bug(fmt: str, rows: list[Row]) -> Optional[str]:
-    """Id of an open wrong-result bug that *rows* trigger when saved as *fmt* (see the reproducers).
-    (SNAP-6/7/8 are fixed: test_regression_npz_drops_numpy_scalars, ..._csv_carriage_return, ..._npz_trailing_nul.)"""
-    if fmt == "csv" and any(r.name == "# end" for r in rows):
-        return "SNAP-11"
-    if fmt == "npz" and any(isinstance(r.value, np.longdouble) and not isinstance(r.value.item(), float)
-                            for r in rows):
-        return "SNAP-6b"
+    """Id of an open wrong-result bug that *rows* trigger when saved as *fmt*, or None.
+
+    None open: SNAP-6/6b/7/8/11 are fixed (test_regression_npz_drops_numpy_scalars, ..._npz_drops_longdouble,
+    ..._csv_carriage_return, ..._npz_trailing_nul, ..._csv_pv_named_end_marker).  Example:
+    ``if fmt == "csv" and any(r.name == "# end" for r in rows): return "SNAP-11"``
+    """
     return None
 
 
@@ -1109,10 +1111,7 @@ def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch, fmt, rows, o
             failed = False
     event(f"save {'interrupted' if failed else 'completed'}, old file: {old is not None}")
     left = sorted(os.listdir(d))
-    if failed and where == "chmod" and left != listing:
-        event("known bug SAVE-1")  # the temporary file stays (test_bug_save_leaves_temp_file_when_chmod_fails)
-        left = [f for f in left if not f.startswith(".capar-")]
-    assert left == (listing if failed or old is not None else ["s." + fmt]), os.listdir(d)
+    assert left == (listing if failed or old is not None else ["s." + fmt]), left
     if failed:
         if old is None:
             assert not os.path.exists(path)
@@ -1130,9 +1129,12 @@ def _raise(exc: BaseException) -> None:
 
 # -- reproducers of snapshot bugs ---------------------------------------------------------------------
 
-# regression (was an xfail until fixed): SAVE-1: Snapshot.save calls os.chmod(tmp, ...) (and _umask()) between tempfile.mkstemp and the 
 @pytest.mark.parametrize("fmt", _FMTS)
-def test_bug_save_leaves_temp_file_when_chmod_fails(tmp_path, monkeypatch, fmt):
+def test_regression_save_leaves_temp_file_when_chmod_fails(tmp_path, monkeypatch, fmt):
+    """Regression test for SAVE-1 (found by this file; fixed while it was written): Snapshot.save called
+    os.chmod(tmp, ...) (and _umask()) between tempfile.mkstemp and the try block that removes the temporary
+    file: when chmod failed (a filesystem without POSIX modes answers EPERM; or Ctrl-C landed there) the
+    '.capar-XXXX.<fmt>' file stayed in the target directory and mkstemp's descriptor was never closed."""
     import capar.snapshot as snapmod
 
     snap = Snapshot.from_rows([Row("A:x", 1.5, 0, 0, 1.7e9, True, None)])
@@ -1144,16 +1146,20 @@ def test_bug_save_leaves_temp_file_when_chmod_fails(tmp_path, monkeypatch, fmt):
     assert os.listdir(tmp_path) == [] and set(os.listdir("/proc/self/fd")) <= fds
 
 
-# regression (was an xfail until fixed): SNAP-11: a CSV snapshot holding a PV named '# end' cannot be loaded back: from_csv takes any ro
-def test_bug_csv_pv_named_end_marker(tmp_path):
+def test_regression_csv_pv_named_end_marker(tmp_path):
+    """Regression test for SNAP-11 (found by this file in the CSV end marker added for SNAP-5; fixed while it
+    was written): from_csv took any row whose first cell is '# end' for the end marker, so a CSV snapshot
+    holding a PV named '# end' (acquire() keeps bad names as given) could not be loaded back."""
     snap = Snapshot.from_rows([Row("# end", None, -1, -1, math.nan, False, "bad name: contains whitespace"),
                                Row("A:y", 1.0, 0, 0, 1.7e9, True, None)])
     back = Snapshot.load(snap.save(str(tmp_path / "s.csv")))
     assert back.names.tolist() == ["# end", "A:y"]
 
 
-# regression (was an xfail until fixed): SNAP-6b: Snapshot.save(...npz) still stores an np.longdouble value as None (kind 'n'): the SNAP
-def test_bug_npz_drops_longdouble(tmp_path):
+def test_regression_npz_drops_longdouble(tmp_path):
+    """Regression test for SNAP-6b (found by this file in the SNAP-6 fix; fixed while it was written):
+    Snapshot.save(...npz) stored an np.longdouble value as None: np.longdouble(1.5).item() is an np.longdouble
+    again (80-bit on x86-64), which matched none of the int/float/str branches."""
     value = np.longdouble(1.5)
     if isinstance(value.item(), float):
         pytest.skip("longdouble is double on this platform")
@@ -1342,7 +1348,8 @@ def _request_line() -> st.SearchStrategy:
     plain = st.text(st.sampled_from("ABCxyz:._-0123456789"), min_size=1, max_size=8)
     include = st.builds(lambda kw, f, d: f"{kw} {f} {d}".rstrip(), st.sampled_from(["file", "file\t", "file  "]),
                         st.sampled_from(_FILES), st.sampled_from(_DEFS))
-    return st.one_of(plain, plain, pv, include, pv.map(lambda s: s + "  # comment"), pv.map(lambda s: "  " + s + " extra"),
+    return st.one_of(plain, plain, pv, include, pv.map(lambda s: s + "  # comment"),
+                     pv.map(lambda s: "  " + s + " extra"),
                      st.sampled_from(["", "   ", "# only a comment", "file", "file ", "file #x", "\t"]),
                      st.text(max_size=20))
 
@@ -1565,3 +1572,133 @@ def test_regression_macro_expansion_blowup(tmp_path):
         proc.communicate()
         raise AssertionError("read_request did not finish within 2 s") from None
     assert proc.returncode == 0 and out.startswith(b"error"), (out, err)
+
+
+def test_regression_include_fan_out_blowup(tmp_path):
+    """Regression test for REQ-3 (found by this file; fixed while it was written): includes were re-read at
+    every occurrence with no limit on their total number, only on the nesting depth (32): 30 files, each
+    including the next one twice, made read_request read 2**29 files (16 levels took 2 s; 30 take days)
+    instead of failing with RequestFileError -- the include counterpart of REQ-2's macro blow-up."""
+    n = 30
+    for i in range(n):
+        (tmp_path / f"f{i}.req").write_text(f"file f{i + 1}.req\nfile f{i + 1}.req\n" if i < n - 1 else "PV:x\n")
+    code = textwrap.dedent(f"""
+        from capar.request import read_request, RequestFileError
+        try:
+            print("names", len(read_request({str(tmp_path / "f0.req")!r})))
+        except RequestFileError as exc:
+            print("error", exc)
+        """)
+    rc, out, err = _run_child(code, 2.0)
+    assert rc == 0 and out.startswith(("error", "names")), (rc, out, err[-500:])
+
+
+# ===================================================================================================
+# 5. timeouts (beyond the brief, same rule): NaN / negative timeouts.  Every call runs in a child process
+#    (a crash must not take the session down) that inherits the session IOC's loopback-only environment.
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    assert env.get("EPICS_CA_AUTO_ADDR_LIST") == "NO" and env.get("EPICS_CA_ADDR_LIST", "").startswith("127.0.0.1")
+    return env
+
+
+def _run_child(code: str, timeout: float) -> tuple[Optional[int], str, str]:
+    """(return code, or None when it had to be killed after *timeout* s; stdout; stderr) of python -c code."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_child_env())
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        rc: Optional[int] = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        rc = None
+    return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+#: calls that wait for a connection that never comes (a dead PV), with timeout T
+_WAITS = {
+    "ca.connect_channel": "ca.connect_channel(ca.create_channel(D), timeout=T)",
+    "ca.get": "ca.get(ca.create_channel(D), timeout=T)",
+    "ca.put": "ca.put(ca.create_channel(D), 1.0, timeout=T)",
+    "caget": "capar.caget(D, connection_timeout=T)",
+    "caput": "capar.caput(D, 1.0, connection_timeout=T)",
+    "PV.wait_for_connection": "capar.PV(D).wait_for_connection(timeout=T)",
+    "Group.reconnect": "capar.Group([D], connection_timeout=0.1).reconnect(timeout=T)",
+    "acquire": "capar.acquire([D], connection_timeout=T)",
+}
+_TIMEOUTS = {"nan": "float('nan')", "-1": "-1.0", "-inf": "float('-inf')", "0": "0.0"}
+_HANG_AFTER = 6.0  # seconds: longer than any default timeout of these calls (5 s)
+
+
+@pytest.fixture(scope="module")
+def waits_with_odd_timeouts() -> dict[str, str]:
+    """Run every (call, timeout) of _WAITS x _TIMEOUTS in its own thread of ONE child: 'returned',
+    'raised <type>' (TypeError, ValueError or a CAError), 'UNEXPECTED ...' or 'hung' (not done after
+    _HANG_AFTER s)."""
+    calls = {f"{api} {tname}": f"T = {tval}; D = 'FUZZ:dead:{k}:{j}'; {code}"
+             for k, (api, code) in enumerate(_WAITS.items()) for j, (tname, tval) in enumerate(_TIMEOUTS.items())}
+    code = textwrap.dedent(f"""
+        import json, math, os, threading, time
+        import capar
+        from capar import ca
+        calls = {calls!r}
+        results = {{}}
+        def run(key, src):
+            try:
+                exec(src, {{"capar": capar, "ca": ca}})
+                results[key] = "returned"
+            except (TypeError, ValueError, ca.CAError) as exc:  # clear errors (ca.put: ChannelNotConnected)
+                results[key] = "raised " + type(exc).__name__
+            except BaseException as exc:
+                results[key] = "UNEXPECTED " + type(exc).__name__ + ": " + str(exc)
+        threads = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + {_HANG_AFTER}
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        print(json.dumps({{k: results.get(k, "hung") for k in calls}}), flush=True)
+        os._exit(0)
+        """)
+    rc, out, err = _run_child(code, _HANG_AFTER + 30)
+    assert rc == 0, (rc, err[-2000:])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("api,tname", [
+    pytest.param(api, tname, id=f"{api}-{tname}")
+    for api in _WAITS for tname in _TIMEOUTS])
+def test_odd_timeouts_never_hang(waits_with_odd_timeouts, api, tname):
+    """NaN, negative and zero timeouts: the call returns (or raises TypeError/ValueError/a CAError such as
+    ca.put's ChannelNotConnected) -- never hangs, never another exception.
+
+    The NaN cases are the regression tests of TIME-1 (found by this file; fixed while it was written): a NaN
+    timeout made every wait for a connection that never comes hang forever (deadline = now + nan, and
+    'remaining <= 0' is never true for NaN): ca.connect_channel and everything built on it -- ca.get/ca.put
+    of an unconnected channel, caget/caput(connection_timeout=nan), PV.wait_for_connection,
+    Group.reconnect, acquire(connection_timeout=nan) with an unserved PV."""
+    got = waits_with_odd_timeouts[f"{api} {tname}"]
+    assert got == "returned" or got.startswith("raised "), got
+
+
+@pytest.mark.parametrize("call", ["capar.acquire([G], timeout=float('nan'))",
+                                  "capar.caget_many([G], timeout=float('nan'))"], ids=["acquire", "caget_many"])
+def test_regression_nan_read_timeout_aborts_the_process(prefix, call):
+    """Regression test for TIME-2 (found by this file; fixed while it was written): a NaN read timeout killed
+    the interpreter: acquire(names, timeout=nan) / Group.get(timeout=nan) / caget_many(timeout=nan) passed
+    the NaN on to libca (ca_sg_block), whose epicsEvent wait throws epicsEvent::invalidSemaphore ->
+    std::terminate -> SIGABRT ('Fatal Python error: Aborted')."""
+    good, _ = _good_pv(prefix, 11)
+    code = f"import capar\nG = {good!r}\ntry:\n    {call}\nexcept (TypeError, ValueError):\n    pass\nprint('alive')"
+    rc, out, err = _run_child(code, 30)
+    assert rc == 0 and out.strip() == "alive", (rc, err[-500:])
+
+
+def test_negative_read_timeouts_are_timeouts(prefix):
+    """A negative or zero read timeout is an immediate deadline: per-PV 'timeout', no exception."""
+    good, value = _good_pv(prefix, 12)
+    for t in (-1.0, -math.inf, 0.0):
+        snap = capar.acquire([good], timeout=t, connection_timeout=2.0)
+        assert len(snap) == 1 and (snap.ok[0] and snap.values[0] == value or snap.error[0] == "timeout"), snap[0]

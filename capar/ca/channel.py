@@ -309,8 +309,7 @@ def connect_channel(chid: Any, timeout: Optional[float] = None, verbose: bool = 
     lib = _lib()
     if _is_conn(entry, lib):
         return True
-    if timeout is None:
-        timeout = DEFAULT_CONNECTION_TIMEOUT
+    timeout = errors.seconds(DEFAULT_CONNECTION_TIMEOUT if timeout is None else timeout)
     deadline = time.monotonic() + timeout
     reg = registry()
     while True:
@@ -479,6 +478,8 @@ def get_with_metadata(chid: Any, ftype: Optional[int] = None, count: Optional[in
     logged) when the channel is not connected, ``wait=False`` was used, or the data did not arrive.
     """
     entry = channel_entry(chid)
+    if timeout is not None:
+        timeout = errors.seconds(timeout)
     if not _maybe_connect(entry, timeout):
         log.warning("capar: get(%r): channel not connected", entry.pvname)
         return None
@@ -522,6 +523,7 @@ def get_complete_with_metadata(chid: Any, ftype: Optional[int] = None, count: Op
     nelm = int(lib.ca_element_count(entry.chid))
     if timeout is None:
         timeout = default_get_timeout(nelm if count is None else min(int(count), max(nelm, 1)))
+    timeout = errors.seconds(timeout)
     with entry.cond:
         result = entry.get_results.get(ftype)
     if result is None:
@@ -712,6 +714,7 @@ def put(chid: Any, value: Any, wait: bool = False, timeout: float = 30, callback
     (or with *callback_data* as keyword arguments when it is a dict).
     """
     entry = channel_entry(chid)
+    timeout = errors.seconds(30 if timeout is None else timeout)
     lib = _lib()
     if not _is_conn(entry, lib) and not connect_channel(entry.chid, timeout=min(timeout, DEFAULT_CONNECTION_TIMEOUT)
                                                         if timeout else DEFAULT_CONNECTION_TIMEOUT):
@@ -814,12 +817,12 @@ def clear_subscription(event_id: Any) -> int:
 
 def pend_io(timeout: float = 1.0) -> int:
     """``ca_pend_io``: wait up to *timeout* seconds for outstanding channel creates/gets; ECA status."""
-    return _lib().ca_pend_io(float(timeout))
+    return _lib().ca_pend_io(errors.seconds(timeout))
 
 
 def pend_event(timeout: float = 1.e-5) -> int:
     """``ca_pend_event``: process CA events for *timeout* seconds; ECA status."""
-    return _lib().ca_pend_event(float(timeout))
+    return _lib().ca_pend_event(errors.seconds(timeout))
 
 
 def poll(evt: float = 1.e-5, iot: float = 1.0) -> int:

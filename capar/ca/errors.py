@@ -10,8 +10,25 @@ from typing import Any
 __all__ = [
     "CAError", "ChannelAccessException", "ChannelAccessGetFailure", "CASeverityException",
     "CATimeoutError", "ChannelNotConnected", "BadPVName", "CAPutError", "ContextError",
-    "ECA", "eca_message", "expect_eca_normal", "raise_for_status",
+    "ECA", "eca_message", "expect_eca_normal", "raise_for_status", "seconds", "MAX_TIMEOUT",
 ]
+
+#: longest wait handed to libca, seconds (~31 years): infinite timeouts are clamped to it
+MAX_TIMEOUT = 1e9
+
+
+def seconds(value: Any, what: str = "timeout") -> float:
+    """A timeout as float seconds: negative → 0, inf → MAX_TIMEOUT; NaN or non-numbers → ValueError/TypeError.
+
+    NaN must never reach a wait loop (``remaining <= 0`` is never true) nor libca (its epicsEvent
+    wait aborts the process on it).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}: {value!r}")
+    x = float(value)
+    if x != x:
+        raise ValueError(f"{what} must be a number of seconds, not NaN")
+    return min(max(x, 0.0), MAX_TIMEOUT)
 
 
 def _code(msg_no: int, severity: int) -> int:

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ..ca.errors import seconds
 from ..snapshot import Snapshot
 from . import transport
 from .process import epics_environment, get_context
@@ -358,8 +359,8 @@ class Coordinator:
         names = _check_names(names)
         t0 = time.perf_counter()
         now = time.time()
-        conn_deadline = now + connection_timeout
-        deadline = conn_deadline + timeout
+        conn_deadline = now + seconds(connection_timeout, "connection_timeout")
+        deadline = conn_deadline + seconds(timeout)
         shards = _shards(len(names), self.processes)
         msgs = {i: ("get", 0, names[a:b], form, deadline, conn_deadline, count, as_string)
                 for i, (a, b) in enumerate(shards)}
@@ -376,8 +377,8 @@ class Coordinator:
         if len(values) != len(names):
             raise ValueError(f"{len(values)} values for {len(names)} PVs")
         now = time.time()
-        conn_deadline = now + connection_timeout
-        deadline = conn_deadline + timeout
+        conn_deadline = now + seconds(connection_timeout, "connection_timeout")
+        deadline = conn_deadline + seconds(timeout)
         shards = _shards(len(names), self.processes)
         msgs = {i: ("put", 0, names[a:b], list(values[a:b]), wait, deadline, conn_deadline)
                 for i, (a, b) in enumerate(shards)}
@@ -389,7 +390,7 @@ class Coordinator:
         self._check()
         names = _check_names(names)
         gid = next(self._gids)
-        conn_deadline = time.time() + connection_timeout
+        conn_deadline = time.time() + seconds(connection_timeout, "connection_timeout")
         shards = _shards(len(names), self.processes)
         msgs = {i: ("connect", 0, gid, names[a:b], form, conn_deadline, count, as_string)
                 for i, (a, b) in enumerate(shards)}
@@ -409,7 +410,7 @@ class Coordinator:
         self._check()
         names = _check_names(names)
         gid = next(self._gids)
-        deadline = time.time() + connection_timeout
+        deadline = time.time() + seconds(connection_timeout, "connection_timeout")
         shards = _shards(len(names), self.processes)
         self._monitors[gid] = {i: (names[a:b], form, count, queue_size, batch_interval, connection_timeout)
                                for i, (a, b) in enumerate(shards)}
@@ -519,7 +520,7 @@ class ShardedGroup:
         """Read every PV; one deadline (*timeout* seconds) for all shards."""
         self._coord._check()
         t0 = time.perf_counter()
-        deadline = time.time() + timeout
+        deadline = time.time() + seconds(timeout)
         msgs = {i: ("gget", 0, self.gid, deadline) for i in range(len(self._shards))}
         snap = _merge(self.names, self.form, self._shards, self._coord._call(msgs, deadline))
         snap.elapsed = time.perf_counter() - t0
@@ -530,7 +531,7 @@ class ShardedGroup:
         self._coord._check()
         if len(values) != len(self.names):
             raise ValueError(f"{len(values)} values for {len(self.names)} PVs")
-        deadline = time.time() + timeout
+        deadline = time.time() + seconds(timeout)
         msgs = {i: ("gput", 0, self.gid, list(values[a:b]), wait, deadline)
                 for i, (a, b) in enumerate(self._shards)}
         return _merge_put(self.names, self._shards, self._coord._call(msgs, deadline))
@@ -569,7 +570,7 @@ class ShardedMonitor:
         """Events that arrived within *timeout* seconds, merged into one Batch (None when there are none)."""
         coord = self._coord
         coord._check()
-        deadline = time.time() + timeout
+        deadline = time.time() + seconds(timeout)
         while not coord._inbox.get(self.gid):
             remaining = deadline - time.time()
             if remaining <= 0 or self.closed:
