@@ -17,9 +17,9 @@ reason says what is wrong).  The property tests keep fuzzing the whole input spa
 ``KNOWN_RAISES``, or an input predicate for wrong-result bugs, see ``_known_roundtrip_bug``) it records a
 hypothesis event and does not fail again for it; anything else fails.
 When a bug is fixed its reproducer XPASSes (strict): remove the marker (rename it ``test_regression_*``)
-and the registry entry.  ``test_regression_*`` tests are the reproducers of bugs already fixed (every bug
-this file found so far -- NAME-1..3, PUT-1..3, SNAP-1..11, SAVE-1, REQ-1..3, TIME-1..2 -- was fixed while
-it was written, so no test is marked xfail and the registries are empty).
+and the registry entry.  ``test_regression_*`` tests are the reproducers of bugs already fixed (NAME-1..3,
+PUT-1..3, SNAP-1..11, SAVE-1, REQ-1..3, TIME-1..2, ERR-1 were fixed while this file was written, so no
+test is marked xfail and the registries are empty).
 
 The examples are derandomized (the same inputs on every run, no ``.hypothesis`` database): set
 ``CAPAR_FUZZ_RANDOM=1`` to explore new random inputs instead.
@@ -552,6 +552,39 @@ def test_group_put_wrong_shape_of_values(scratch):
         for bad in (None, 1.0, "abc", b"abc", [1.0], [1.0] * 4):
             with pytest.raises((TypeError, ValueError)):
                 g.put(bad)
+
+
+# -- the errors themselves ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [pytest.param(s, id=n) for n, s in vars(ca.errors.ECA).items()
+                                    if not n.startswith("_") and n != "NORMAL"])
+def test_raise_for_status_gives_a_clear_error(status):
+    """Every ECA status becomes a CAError whose text is 'WHAT 'PV': reason', with .status and .pvname.
+
+    TIMEOUT and BADSTR are the regression tests of ERR-1 (see test_regression_builtin_derived_caerrors_...)."""
+    with pytest.raises(CAError) as info:
+        ca.errors.raise_for_status(status, "ca.get", "X:pv")
+    exc = info.value
+    assert getattr(exc, "status", "missing") == status and getattr(exc, "pvname", "missing") == "X:pv"
+    text = str(exc)
+    assert ca.errors.eca_message(status) in text and not text.startswith(("(", "[Errno")), text
+
+
+@pytest.mark.parametrize("make", ["encode_value", "check_name"])
+def test_regression_builtin_derived_caerrors_lack_attributes(make):
+    """Regression test for ERR-1 (found by this file; fixed while it was written): the CAError subclasses that
+    also derive from a builtin (CATimeoutError(TimeoutError, CAError), BadPVName(ValueError, CAError),
+    BadValue(TypeError, ValueError, CAPutError)) never ran CAError.__init__: no .status (BadValue and
+    check_name's BadPVName no .pvname either), so 'except CAError as e: e.status' raised AttributeError; and
+    built by raise_for_status with (message, status, pvname) their text was garbled: "[Errno ca.get 'X:pv':
+    User specified timeout on IO operation expired] 80: 'X:pv'" (OSError formatting) or a tuple repr."""
+    with pytest.raises(CAError) as info:
+        if make == "encode_value":
+            encode_value("X:pv", dbr.DOUBLE, 1, None)
+        else:
+            ca.check_name("")
+    assert info.value.status is None
+    assert info.value.pvname == ("X:pv" if make == "encode_value" else None)
 
 
 # -- encode_value: every native type, no network ----------------------------------------------------

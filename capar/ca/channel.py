@@ -630,6 +630,14 @@ def _int_range(dt: np.dtype) -> tuple[int, int]:
 
 def encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int, int, np.ndarray]:
     """Convert a Python value for a put: (dbr type, count, contiguous buffer); BadValue names the PV."""
+    try:
+        return _encode_value(pvname, native, nelm, value)
+    except BadValue as exc:
+        exc.pvname = pvname
+        raise
+
+
+def _encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int, int, np.ndarray]:
     nelm = max(int(nelm), 1)
     if value is None:
         raise BadValue(f"cannot put None to {pvname!r}")

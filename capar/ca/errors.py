@@ -89,7 +89,12 @@ def eca_message(status: int) -> str:
 
 
 class CAError(Exception):
-    """Root of every capar Channel Access error."""
+    """Root of every capar Channel Access error (``status``: ECA code or None, ``pvname``: str or None)."""
+
+    # class defaults: subclasses that also derive from a builtin (TimeoutError, ValueError ...) run the
+    # builtin's __init__, not this one
+    status: "int | None" = None
+    pvname: "str | None" = None
 
     def __init__(self, message: str = "", status: int | None = None, pvname: str | None = None) -> None:
         super().__init__(message)
@@ -156,7 +161,9 @@ def raise_for_status(status: int, what: str, pvname: str | None = None) -> None:
     if cls is CASeverityException:
         exc: CAError = CASeverityException(what, msg, status)
     else:
-        exc = cls(f"{what}{' ' + repr(pvname) if pvname else ''}: {msg}", status, pvname)
+        # one argument: OSError-derived classes (TimeoutError) would format several as errno/strerror
+        exc = cls(f"{what}{' ' + repr(pvname) if pvname else ''}: {msg}")
+        exc.status = status
     exc.pvname = pvname
     raise exc
 

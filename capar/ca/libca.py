@@ -132,9 +132,9 @@ class LibCA:
         # channels
         self.ca_create_channel = f(
             "ca_create_channel", c_int, [c_char_p, c_void_p, c_void_p, c_uint, POINTER(chid_t)], True)
-        # ca_create_channel without errcheck: the bulk path checks statuses itself.
-        self.raw_ca_create_channel = getattr(self.ca, "ca_create_channel")
-        self.raw_ca_create_channel.restype = c_int
+        # ca_create_channel without errcheck (a separate function object: CDLL attributes are cached, so
+        # getattr would return the errcheck'ed one above): the bulk path checks each status itself
+        self.raw_ca_create_channel = self._raw("ca_create_channel", c_int)
         self.raw_ca_create_channel.argtypes = [c_char_p, c_void_p, c_void_p, c_uint, c_void_p]
         self.ca_clear_channel = f("ca_clear_channel", c_int, [chid_t])
         self.ca_state = f("ca_state", c_int, [chid_t])
