@@ -376,24 +376,24 @@ class PV:
         self._args["char_value"] = cval
         return cval
 
-    def get_ctrlvars(self, timeout: float = 5, warn: bool = True) -> Optional[dict]:
-        """Fetch CTRL metadata (units, precision, limits, enum strings); timeout in seconds."""
+    def _fetch_vars(self, fetch: Callable, timeout: float, warn: bool) -> Optional[dict]:
         if not self.wait_for_connection():
             return None
-        kwds = ca.get_ctrlvars(self.chid, timeout=timeout, warn=warn)
+        kwds = fetch(self.chid, timeout=timeout, warn=warn)
         if kwds is not None:
             self._args.update(kwds)
-        self.force_read_access_rights()
+        return kwds
+
+    def get_ctrlvars(self, timeout: float = 5, warn: bool = True) -> Optional[dict]:
+        """Fetch CTRL metadata (units, precision, limits, enum strings); timeout in seconds."""
+        kwds = self._fetch_vars(ca.get_ctrlvars, timeout, warn)
+        if self.connected:
+            self.force_read_access_rights()
         return kwds
 
     def get_timevars(self, timeout: float = 5, warn: bool = True) -> Optional[dict]:
         """Fetch TIME metadata (status, severity, timestamp); timeout in seconds."""
-        if not self.wait_for_connection():
-            return None
-        kwds = ca.get_timevars(self.chid, timeout=timeout, warn=warn)
-        if kwds is not None:
-            self._args.update(kwds)
-        return kwds
+        return self._fetch_vars(ca.get_timevars, timeout, warn)
 
     # -- callbacks -------------------------------------------------------------------------------
     def _on_changes(self, value: Any = None, **kwd: Any) -> None:
