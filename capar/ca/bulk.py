@@ -2,8 +2,8 @@
 
 No Python callback per PV on the scalar path: channels are created without connection callbacks, waited for
 with ``ca_pend_io`` slices under ONE deadline, and read into preallocated numpy struct arrays with
-``ca_sg_array_get`` + one ``ca_sg_block`` (synchronous groups are independent of other threads'
-``ca_pend_io``).  Requests that never complete are found by sentinels left in their buffers (an impossible
+``ca_sg_array_get`` into one synchronous group (independent of other threads' ``ca_pend_io``), whose
+completion is polled with ``ca_sg_test`` (see :func:`_sg_wait`).  Requests that never complete are found by sentinels left in their buffers (an impossible
 ``nsec`` for TIME structs, severity -1 for CTRL structs).  Arrays, whose length is only known by the server,
 use ``ca_array_get_callback`` with count 0; their callback copies the bytes and counts down a latch.
 
@@ -29,6 +29,30 @@ __all__ = ["BulkChannels", "TIME_SENTINEL_NSEC"]
 TIME_SENTINEL_NSEC = 0xFFFFFFFF
 _FIRST_SLICE = 0.25  # seconds: the first ca_pend_io while waiting for connections
 _SLICE = 0.05  # seconds: longest ca_pend_event slice between two state checks after that
+_SG_PAUSE = (5e-5, 1e-3)  # seconds: first and longest pause between two ca_sg_test polls
+
+
+def _sg_wait(lib: Any, field: np.ndarray, sentinel: int, deadline: float) -> None:
+    """Wait until no element of *field* (a column of a sync group's reply buffer) is *sentinel* any
+    more, or *deadline* (time.monotonic seconds).  The caller's ``ca_sg_delete`` afterwards is the
+    barrier that makes the last copy complete (libca copies replies under the lock it takes).
+
+    Neither ``ca_sg_block``, which cannot be sliced (libca resets the group, cancelling what is
+    outstanding, every time it returns) and would hold off Ctrl-C for the whole timeout (Python runs
+    signal handlers only between two C calls), nor ``ca_sg_test``, which takes libca's callback lock while
+    holding its main lock — the reverse order of libca's receive thread — and so deadlocks, or aborts on
+    the priority-inheritance mutexes EPICS uses ("__pthread_mutex_lock_full: Assertion ... EDEADLK").
+    Pauses of 50 µs growing to 1 ms cost at most ~1 ms of latency and a few µs of CPU each;
+    ``ca_pend_event`` as the pause also processes replies in a non-preemptive context.
+    """
+    lib.ca_flush_io()
+    pause, longest = _SG_PAUSE
+    while (field == sentinel).any():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        lib.ca_pend_event(min(remaining, pause))
+        pause = min(pause * 2, longest)
 
 
 class _Latch:
@@ -95,12 +119,16 @@ class BulkChannels:
         self.create_status = np.zeros(n, dtype=np.int32)
         base = self.chids.ctypes.data
         step = self.chids.itemsize
-        self.create_status[:] = list(map(lib.raw_ca_create_channel, names, repeat(None, n), repeat(None, n),
-                                         repeat(0, n), range(base, base + n * step, step)))
-        lib.ca_flush_io()
         self.closed = False
         self._plans: dict[tuple, tuple] = {}
         self._cchid_list: "list | None" = None
+        try:
+            self.create_status[:] = list(map(lib.raw_ca_create_channel, names, repeat(None, n), repeat(None, n),
+                                             repeat(0, n), range(base, base + n * step, step)))
+        except BaseException:  # Ctrl-C half way: clear what libca created (chids are written in place)
+            self.close()
+            raise
+        lib.ca_flush_io()
 
     def __len__(self) -> int:
         return len(self.chids)
@@ -209,23 +237,22 @@ class BulkChannels:
         if n == 0:
             return np.zeros(0, dtype=dbr.dtype_of(dbrtype)), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int32)
         _, buf, chids, addrs = self._sg_plan(idx, dbrtype)
-        time_form = "nsec" in buf.dtype.names
-        if time_form:
-            buf["nsec"] = TIME_SENTINEL_NSEC
-        else:
-            buf["severity"] = -1
+        # the sentinel: an impossible nsec in TIME structs, severity -1 in CTRL structs
+        field, sentinel = (buf["nsec"], TIME_SENTINEL_NSEC) if "nsec" in buf.dtype.names else (buf["severity"], -1)
+        field[:] = sentinel
         gid = ctypes.c_uint()
         lib.ca_sg_create(ctypes.byref(gid))
         g = gid.value
         try:
             req = np.fromiter(map(lib.raw_ca_sg_array_get, repeat(gid, n), repeat(ctypes.c_long(dbrtype), n),
                                   repeat(ctypes.c_ulong(1), n), chids, addrs), dtype=np.int32, count=n)
-            lib.ca_sg_block(g, max(deadline - time.monotonic(), 1e-6))
+            issued = req == errors.ECA.NORMAL
+            field[~issued] = 0  # never answered: not waited for, failed by *issued* below
+            _sg_wait(lib, field, sentinel, deadline)
         finally:
             # ca_sg_delete cancels what is still outstanding: nothing writes into buf afterwards
             lib.ca_sg_delete(g)
-        done = (buf["nsec"] != TIME_SENTINEL_NSEC) if time_form else (buf["severity"] != -1)
-        done &= req == errors.ECA.NORMAL
+        done = (field != sentinel) & issued
         return buf, done, req
 
     def _with_callbacks(self, idx: np.ndarray, issue: Callable[[int, int, Any, int], int],
