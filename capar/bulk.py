@@ -95,15 +95,21 @@ class Group:
              for n, e in zip(self.names, self._name_errors)], dtype=np.int64)
         self._display_names = [n_ if isinstance(n_, str) else repr(n_) for n_ in self.names]
         t0 = time.monotonic()
-        self._chans = BulkChannels([n.encode("utf-8") for n in self.unique])
         reg = registry()
-        groups = reg.extras.setdefault("groups", weakref.WeakSet())
-        groups.add(self)
-        hooks = reg.extras.setdefault("clear_cache_hooks", [])
-        if _close_all_groups not in hooks:
-            hooks.append(_close_all_groups)
-        self.connected = self._chans.wait_connected(t0 + self.connection_timeout)
-        self._refresh_info()
+        _close_orphans(reg)
+        self._chans = BulkChannels([n.encode("utf-8") for n in self.unique])
+        try:
+            weakref.finalize(self, _orphaned, reg, self._chans)
+            groups = reg.extras.setdefault("groups", weakref.WeakSet())
+            groups.add(self)
+            hooks = reg.extras.setdefault("clear_cache_hooks", [])
+            if _close_all_groups not in hooks:
+                hooks.append(_close_all_groups)
+            self.connected = self._chans.wait_connected(t0 + self.connection_timeout)
+            self._refresh_info()
+        except BaseException:  # Ctrl-C while connecting: nobody will ever close these channels
+            self._chans.close()
+            raise
         self.connect_seconds = time.monotonic() - t0
 
     # -- state -----------------------------------------------------------------------------------
@@ -366,8 +372,25 @@ def _take(col: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def _close_all_groups() -> None:
-    for g in list(registry().extras.get("groups", ())):
+    reg = registry()
+    for g in list(reg.extras.get("groups", ())):
         g.close()
+    _close_orphans(reg)
+
+
+def _orphaned(reg: Any, chans: BulkChannels) -> None:
+    """Finalizer of a Group dropped without close(): queue its channels for the next Group or clear_cache.
+
+    No libca call here: a finalizer may run on any thread, even inside a libca callback.
+    """
+    if not chans.closed:
+        reg.extras.setdefault("group_orphans", []).append(chans)
+
+
+def _close_orphans(reg: Any) -> None:
+    orphans = reg.extras.get("group_orphans")
+    while orphans:
+        orphans.pop().close()
 
 
 def acquire(names: Iterable[str], form: str = "time", timeout: float = 2.0, connection_timeout: float = 5.0,
