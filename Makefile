@@ -29,7 +29,7 @@ test: $(VENV)/.stamp-test
 	$(PY) -m pytest -q -m "not soak" tests
 
 soak: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -m soak tests
+	$(PY) -m pytest -q -s -m soak tests
 
 bench: $(VENV)/.stamp-bench
 	$(PY) bench/run.py
