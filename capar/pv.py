@@ -560,9 +560,9 @@ class PV:
             except ca.CAError:
                 pass
         cache = _pv_cache()
-        for key, pv in list(cache.items()):
-            if pv is self:
-                cache.pop(key, None)
+        key = (self.pvname, self.form, self.context)  # get_pv's key (O(1): 10k disconnects stay cheap)
+        if cache.get(key) is self:
+            del cache[key]
 
 
 def get_pv(pvname: str, form: str = "time", connect: bool = False, context: Any = None, timeout: float = 5.0,
@@ -573,7 +573,7 @@ def get_pv(pvname: str, form: str = "time", connect: bool = False, context: Any 
     if form not in ("native", "time", "ctrl"):
         form = "time"
     ctx = ca.context.ensure_context()
-    name = pvname.pvname if isinstance(pvname, PV) else pvname
+    name = pvname.pvname if isinstance(pvname, PV) else pvname.strip() if isinstance(pvname, str) else pvname
     key = (name, form, ctx)
     cache = _pv_cache()
     pv = cache.get(key)

@@ -54,6 +54,7 @@ class Registry:
         self.channels: dict[int, Any] = {}       # chid (int) -> channel entry (capar.ca.channel)
         self.by_name: dict[tuple[int, str], int] = {}  # (context, pvname) -> chid
         self.subscriptions: dict[int, Any] = {}  # user-arg key -> subscription record
+        self.sub_by_evid: dict[int, int] = {}    # libca event id -> user-arg key of subscriptions
         self.puts: dict[int, Any] = {}           # user-arg key -> pending put-callback record
         self.next_key = 1
         self.callbacks: dict[str, Any] = {}      # CFUNCTYPE objects kept alive for libca
