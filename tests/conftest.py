@@ -6,6 +6,7 @@ is in ``os.environ`` and its CA repeater is running before any test creates a CA
 from __future__ import annotations
 
 import sys
+import time
 from typing import Iterator
 
 import psutil
@@ -17,10 +18,29 @@ N_SCALARS = 2000
 N_COUNTERS = 20
 
 
+def _orphan_repeaters(since: float, known: set[int]) -> list[psutil.Process]:
+    """caRepeater processes started since *since* whose parent is gone.
+
+    libca spawns a detached caRepeater when a client starts without one on its repeater port (e.g. a
+    worker that outlived the test IOC); it is re-parented to init and no children() check sees it.
+    """
+    found = []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time"]):
+        info = proc.info
+        if (info["pid"] not in known and info["ppid"] == 1 and (info["create_time"] or 0) >= since
+                and any("caRepeater" in part for part in (info["cmdline"] or ()))):
+            found.append(proc)
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_leftover_children() -> Iterator[None]:
-    """Fail the session if a child process of the test process is still alive at the end."""
+    """Fail the session if a child process of the test process — or a caRepeater that libca spawned
+    for one of them — is still alive at the end."""
+    since = time.time() - 1.0
+    known = {p.pid for p in psutil.process_iter()}
     yield
+    problems = []
     if "capar.parallel" in sys.modules:  # multiprocessing's own helpers, started by our pool tests
         sys.modules["capar.parallel"].shutdown_helpers()
     me = psutil.Process()
@@ -34,8 +54,7 @@ def _no_leftover_children() -> Iterator[None]:
                 lines.append(f"  pid {proc.pid}: {' '.join(proc.cmdline())}")
             except psutil.Error:
                 lines.append(f"  pid {proc.pid}: (gone)")
-        msg = "child processes left at the end of the test session:\n" + "\n".join(lines)
-        print(msg)
+        problems.append("child processes left at the end of the test session:\n" + "\n".join(lines))
         for proc in left:  # clean up what this session started, by pid
             try:
                 proc.terminate()
@@ -47,7 +66,17 @@ def _no_leftover_children() -> Iterator[None]:
                 proc.kill()
             except psutil.Error:
                 pass
-        pytest.fail(msg, pytrace=False)
+    orphans = _orphan_repeaters(since, known)
+    for proc in orphans:  # spawned for a process of this session: stop it by pid
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    if orphans:
+        problems.append(f"caRepeater spawned by libca and left behind: pids {[p.pid for p in orphans]}")
+    if problems:
+        print("\n".join(problems))
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
