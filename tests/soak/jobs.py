@@ -29,11 +29,13 @@ def emit(obj: dict) -> None:
 
 
 def usage() -> dict:
-    """RSS (MiB), open fds, threads and capar-side channel/subscription counts of this process."""
+    """RSS (MiB), open fds, threads, Python objects tracked by the gc and capar-side channel/subscription
+    counts of this process."""
     me = psutil.Process()
     reg = ca.context.registry()
     return {"rss_mb": me.memory_info().rss / 2**20, "fds": me.num_fds(), "threads": me.num_threads(),
-            "capar_channels": len(reg.channels), "capar_subscriptions": len(reg.subscriptions)}
+            "py_objects": len(gc.get_objects()), "capar_channels": len(reg.channels),
+            "capar_subscriptions": len(reg.subscriptions)}
 
 
 def checkpoint(tag: str, **extra: Any) -> None:
