@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable, TypeVar
 
@@ -158,34 +159,57 @@ def _atexit_finalize(ref: "weakref.ref[Registry]") -> None:
 
 
 def finalize_libca(maxtime: float = 10.0) -> None:
-    """Clear every subscription and channel and destroy the contexts capar created (at exit).
+    """Shut Channel Access down in this process: destroy the contexts capar created (at exit).
 
-    maxtime : float, seconds — kept for pyepics compatibility (destruction does not block that long).
+    Other threads may still be running capar code (a daemon CAThread, a callback, a wait): capar first
+    refuses new work (callbacks return at once, every later libca call through capar raises
+    :class:`ContextError`), then waits until no other thread is inside capar's libca layer, then destroys
+    the contexts — so no thread can use a context, channel or mutex that is being freed.
+
+    maxtime : float, seconds — the longest wait for other threads to leave libca (at most 2 s are used).
     """
     reg = registry()
     with reg.lock:
         if reg.finalized or reg.lib is None or reg.initial_context is None:
             reg.finalized = True
             return
+        reg.finalized = True
+        real = reg.lib.close_gate()
+    _wait_until_out_of_libca(min(errors.seconds(maxtime), 2.0))
+    with reg.lock:
         from .channel import clear_cache
 
-        lib = reg.lib
         try:
-            clear_cache()
+            clear_cache()  # capar's own bookkeeping: no libca call is made once finalized
         except Exception:  # pragma: no cover
             log.exception("capar: clearing channels at finalize failed")
-        reg.finalized = True
         for ctx in list(reg.contexts):
             try:
-                if lib.ca_current_context() != ctx:
-                    if lib.ca_current_context():
-                        lib.ca_detach_context()
-                    lib.ca_attach_context(ctx)
-                lib.ca_context_destroy()
+                if real.ca_current_context() != ctx:
+                    if real.ca_current_context():
+                        real.ca_detach_context()
+                    real.ca_attach_context(ctx)
+                real.ca_flush_io()
+                real.ca_context_destroy()  # clears every channel and subscription, joins libca's threads
             except Exception:  # pragma: no cover
                 log.exception("capar: destroying a context failed")
         reg.contexts.clear()
         reg.initial_context = None
+
+
+def _wait_until_out_of_libca(timeout: float) -> None:
+    """Wait up to *timeout* seconds until no other thread is executing code of this package — which is
+    where every libca call is made, and what a thread shows while it is inside one."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    me = threading.get_ident()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [ident for ident, frame in sys._current_frames().items()
+                if ident != me and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here]
+        if not busy:
+            return
+        time.sleep(0.002)  # releases the GIL: they finish their call, and the next one raises
+    log.warning("capar: a thread was still inside libca at exit; destroying the context anyway")
 
 
 def ensure_context() -> int:
@@ -319,5 +343,10 @@ class CAThread(threading.Thread):
     """A :class:`threading.Thread` that attaches the initial CA context before running its target."""
 
     def run(self) -> None:
-        use_initial_context()
-        super().run()
+        try:
+            use_initial_context()
+            super().run()
+        except ContextError:
+            if registry().finalized:
+                return  # the interpreter is exiting and capar shut libca down under this thread
+            raise

@@ -192,6 +192,27 @@ class LibCA:
         self.ca_repeater.argtypes = []
 
 
+    def close_gate(self) -> "LibCA":
+        """Shut this handle: from now on every libca/libCom function called through it raises
+        :class:`~capar.ca.errors.ContextError` (also through references to the handle taken earlier).
+
+        Returns a copy that still reaches libca, for the caller's own shutdown calls.  Used at interpreter
+        exit, so that a thread still running capar code cannot call into a context being destroyed.
+        """
+        real = LibCA.__new__(LibCA)
+        real.__dict__.update(self.__dict__)
+        for name, value in list(vars(self).items()):
+            if isinstance(value, ctypes._CFuncPtr):  # type: ignore[attr-defined]
+                setattr(self, name, _shut(name))
+        return real
+
+
+def _shut(name: str) -> Callable:
+    def shut(*args: Any) -> Any:
+        raise errors.ContextError(f"{name}: capar has shut libca down (interpreter exit)")
+    return shut
+
+
 def load() -> LibCA:
     """Open libca and declare every prototype (called by the context registry, once per process)."""
     return LibCA()
