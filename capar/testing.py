@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
@@ -555,6 +556,27 @@ class IOC:
             Seconds to wait for the answer.
         """
         return self.shell(f"dbgf {name}", timeout).strip()
+
+    def client_channels(self, timeout: float = 10.0) -> int:
+        """Number of channels the IOC's CA server holds for all its clients (from ``casr 1``).
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the answer.
+        """
+        return sum(int(n) for n in re.findall(r"(\d+) Channels?\b", self.shell("casr 1", timeout)))
+
+    def wait_client_channels(self, expected: int, timeout: float = 10.0) -> int:
+        """Wait until :meth:`client_channels` equals *expected* (clears reach the server asynchronously)
+        or *timeout* seconds pass; return the last count.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self.client_channels()
+            if n == expected or time.monotonic() > deadline:
+                return n
+            time.sleep(0.05)
 
     def dbpf(self, name: str, value: str, timeout: float = 10.0) -> str:
         """Write ``value`` with the IOC's ``dbpf`` (arrays as JSON: ``'[1,2,3]'``) and return its output.

@@ -504,3 +504,14 @@ def test_main_demo(sig: int) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_client_channels_counts_what_clients_hold(ioc: IOC, prefix: str) -> None:
+    """The server-side channel count the soak and Ctrl-C tests rely on moves with a client's channels."""
+    import capar
+
+    before = ioc.client_channels()
+    with capar.Group([prefix + f"s{i}" for i in range(10)]) as g:
+        assert g.connected.all()
+        assert ioc.wait_client_channels(before + 10) == before + 10
+    assert ioc.wait_client_channels(before) == before

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,22 +44,6 @@ def soak_params(short: tuple, long: tuple, long_timeout: float) -> Any:
     ])
 
 
-def server_channels(ioc: IOC) -> int:
-    """Channels the IOC holds for all its clients (from ``casr 1``)."""
-    return sum(int(n) for n in re.findall(r"(\d+) Channels?\b", ioc.shell("casr 1")))
-
-
-def wait_server_channels(ioc: IOC, expected: int = 0, timeout: float = 10.0) -> int:
-    """Server-side channel count once it equals *expected* (clears travel asynchronously), or after
-    *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        n = server_channels(ioc)
-        if n == expected or time.monotonic() > deadline:
-            return n
-        time.sleep(0.05)
-
-
 def run_job(ioc: IOC, case: str, *args: Any) -> tuple[list[dict], dict]:
     """Run one soak job; return (checkpoints with the server's channel count added, result)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EPICS_")}
@@ -75,7 +57,7 @@ def run_job(ioc: IOC, case: str, *args: Any) -> tuple[list[dict], dict]:
             for line in child.stdout:
                 rec = json.loads(line)
                 if "tag" in rec:
-                    rec["server_channels"] = wait_server_channels(ioc, 0)
+                    rec["server_channels"] = ioc.wait_client_channels(0)
                     checkpoints.append(rec)
                     child.stdin.write("\n")
                     child.stdin.flush()
