@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 import warnings
 
@@ -95,3 +96,35 @@ def test_bad_pool_arguments():
         CAPool(-1)
     with pytest.raises(ValueError):
         CAProcess(target=print, start_method="nonsense")
+
+
+def test_capool_terminate_after_ctrl_c_reached_the_workers(prefix):
+    """A terminal's Ctrl-C also reaches the workers.  A plain Pool worker dies of KeyboardInterrupt while
+    holding the task queue's lock (an idle worker holds it while it waits), and terminate() then hangs
+    forever; CAPool workers ignore SIGINT, so terminate() returns and stops them."""
+    import signal
+    import threading
+    import time
+
+    pool = CAPool(2)
+    assert pool.map(_read, [prefix + "s1"] * 4)[0][1] == 1.0
+    workers = [p.pid for p in pool._pool]
+    time.sleep(0.2)  # both idle, one of them blocked in the queue's get() with its lock held
+    for pid in workers:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    if not all(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+               for pid in workers):
+        pool._terminate.cancel()  # its terminate() would hang this session at exit: fail instead
+        pool._worker_handler._state = multiprocessing.pool.TERMINATE  # stop replacing dead workers
+        time.sleep(0.5)
+        for p in pool._pool:
+            p.kill()
+        pytest.fail("a CAPool worker died of SIGINT")
+    done = threading.Thread(target=pool.terminate, daemon=True)
+    done.start()
+    done.join(10)
+    assert not done.is_alive(), "CAPool.terminate() hung"
+    pool.join()
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in workers)

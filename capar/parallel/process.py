@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.pool
 import os
+import signal
 import sys
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -94,6 +95,11 @@ class CAProcess(multiprocessing.Process):
 
 
 def _pool_initializer(env: Mapping[str, str], initializer: Optional[Callable], initargs: tuple) -> None:
+    # A terminal's Ctrl-C reaches every process of the foreground group.  A pool worker killed by
+    # KeyboardInterrupt while it waits for a task dies holding the task queue's lock, and the parent's
+    # terminate() (the `with` exit) then waits for that lock forever.  Workers ignore SIGINT; the parent
+    # gets the KeyboardInterrupt and terminate() stops them with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _apply_environment(env)
     if initializer is not None:
         initializer(*initargs)
@@ -105,6 +111,11 @@ class CAPool(multiprocessing.pool.Pool):
     Parameters as ``multiprocessing.pool.Pool`` (``processes`` must be ≥ 1 or None), plus
     ``start_method``.  The full Pool API is available: map, imap, imap_unordered, starmap, apply_async,
     close, join, terminate, and the context-manager protocol.
+
+    Workers ignore SIGINT (an *initializer* may restore it): Ctrl-C raises KeyboardInterrupt in the
+    parent only, whose ``terminate()`` — the ``with`` block's exit — then stops them.  With a plain
+    ``multiprocessing.Pool`` a terminal's Ctrl-C can kill a worker that holds the task queue's lock and
+    leave ``terminate()`` waiting forever.
     """
 
     def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable] = None,
