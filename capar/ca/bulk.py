@@ -2,10 +2,11 @@
 
 No Python callback per PV on the scalar path: channels are created without connection callbacks, waited for
 with ``ca_pend_io`` slices under ONE deadline, and read into preallocated numpy struct arrays with
-``ca_sg_array_get`` into one synchronous group (independent of other threads' ``ca_pend_io``), whose
-completion is polled with ``ca_sg_test`` (see :func:`_sg_wait`).  Requests that never complete are found by sentinels left in their buffers (an impossible
-``nsec`` for TIME structs, severity -1 for CTRL structs).  Arrays, whose length is only known by the server,
-use ``ca_array_get_callback`` with count 0; their callback copies the bytes and counts down a latch.
+``ca_sg_array_get`` into one synchronous group (independent of other threads' ``ca_pend_io``).  Sentinels
+left in the buffers (an impossible ``nsec`` for TIME structs, severity -1 for CTRL structs) tell which
+requests completed, both while waiting (see :func:`_sg_wait`) and for the requests that never do.
+Arrays, whose length is only known by the server, use ``ca_array_get_callback`` with count 0; their
+callback copies the bytes and counts down a latch.
 
 Threads: everything runs in the caller's thread except :func:`_on_bulk`, which libca calls on its own
 thread; it only fills a slot of the request's result list.
@@ -29,7 +30,7 @@ __all__ = ["BulkChannels", "TIME_SENTINEL_NSEC"]
 TIME_SENTINEL_NSEC = 0xFFFFFFFF
 _FIRST_SLICE = 0.25  # seconds: the first ca_pend_io while waiting for connections
 _SLICE = 0.05  # seconds: longest ca_pend_event slice between two state checks after that
-_SG_PAUSE = (5e-5, 1e-3)  # seconds: first and longest pause between two ca_sg_test polls
+_SG_PAUSE = (5e-5, 1e-3)  # seconds: first and longest pause between two looks at the sentinels
 
 
 def _sg_wait(lib: Any, field: np.ndarray, sentinel: int, deadline: float) -> None:

@@ -191,7 +191,6 @@ class LibCA:
         self.ca_repeater.restype = None
         self.ca_repeater.argtypes = []
 
-
     def close_gate(self) -> "LibCA":
         """Shut this handle: from now on every libca/libCom function called through it raises
         :class:`~capar.ca.errors.ContextError` (also through references to the handle taken earlier).
