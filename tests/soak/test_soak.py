@@ -145,7 +145,8 @@ def test_monitor_memory_flat_no_gaps(size):
     samples = result["samples"]
     report(f"Monitor on {n_pvs} PVs x 10 Hz for {seconds:.0f} s", checkpoints, result)
     for s in samples[:: max(1, len(samples) // 10)] + samples[-1:]:
-        print(f"    t={s['t']:6.1f} s  RSS {s['rss_mb']:7.1f} MiB  fds {s['fds']}  threads {s['threads']}")
+        print(f"    t={s['t']:6.1f} s  RSS {s['rss_mb']:7.1f} MiB  fds {s['fds']}  threads {s['threads']}  "
+              f"py objects {s['py_objects']}")
     assert result["gaps"] == 0 and result["overflow"] == 0 and result["disconnects"] == 0
     assert result["pvs_without_events"] == 0
     # 10 Hz per PV: at least 80% of the nominal rate arrives (the IOC's scan thread shares 2 cores)
