@@ -15,13 +15,11 @@ import argparse
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import time
 
 import capar
-from capar.request import RequestFileError, read_names
+from _jobs import job_inputs, stop_on_signals
 
 
 def rotate(directory, name, ext, keep):
@@ -57,58 +55,42 @@ def main(argv=None):
         ap.error("--every must be at least 1 second (file names have a resolution of one second)")
     if args.keep < 1 or args.count < 0 or args.processes < 0:
         ap.error("--keep must be >= 1, --count and --processes >= 0")
-    name = args.name or os.path.splitext(os.path.basename(args.names))[0]
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
-        ap.error(f"--name {name!r}: use letters, digits and _ . + - only")
-    try:
-        names = read_names(args.names, args.macros)
-    except RequestFileError as exc:
-        print(f"archive: {exc}", file=sys.stderr)
-        return 2
-    os.makedirs(args.directory, exist_ok=True)
-
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    name, names = job_inputs(ap, args, "archive")
     coord = None
     incomplete = 0
-    try:
-        if args.processes:
-            coord = capar.Coordinator(args.processes)
-            source = coord.connect(names, form="time", connection_timeout=args.timeout)
-        else:
-            source = capar.Group(names, form="time", connection_timeout=args.timeout)
-        wall0, mono0 = time.time(), time.monotonic()
-        tick = done = 0
-        while not stop.is_set():
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall0 + tick * args.every))
-            snap = source.get(timeout=args.timeout)
-            path = os.path.join(args.directory, f"{name}-{stamp}.{args.format}")
-            snap.save(path)  # temporary file + rename
-            removed = rotate(args.directory, name, args.format, args.keep)
-            done += 1
-            print(f"{path}: {len(snap)} PVs, {snap.n_ok} ok, {snap.elapsed:.3f} s"
-                  + (f"; removed {len(removed)} old file(s)" if removed else ""), flush=True)
-            if not snap.ok.all():
-                incomplete += 1
-                failed = snap.failed
-                shown = ", ".join(f"{n} ({e})" for n, e in failed[:10])
-                print(f"{path}: {len(failed)} PVs missing: {shown}{' ...' if len(failed) > 10 else ''}",
-                      file=sys.stderr, flush=True)
-            if args.count and done >= args.count:
-                break
-            # next tick in the future (ticks missed by an overrun are skipped)
-            tick = max(tick + 1, math.ceil((time.monotonic() - mono0) / args.every))
-            stop.wait(max(mono0 + tick * args.every - time.monotonic(), 0.0))
-        source.close()
-    finally:
-        if coord is not None:
-            coord.close()
-        for s, h in old.items():
-            signal.signal(s, h)
+    with stop_on_signals() as stop:
+        try:
+            if args.processes:
+                coord = capar.Coordinator(args.processes)
+                source = coord.connect(names, form="time", connection_timeout=args.timeout)
+            else:
+                source = capar.Group(names, form="time", connection_timeout=args.timeout)
+            wall0, mono0 = time.time(), time.monotonic()
+            tick = done = 0
+            while not stop.is_set():
+                stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall0 + tick * args.every))
+                snap = source.get(timeout=args.timeout)
+                path = os.path.join(args.directory, f"{name}-{stamp}.{args.format}")
+                snap.save(path)  # temporary file + rename
+                removed = rotate(args.directory, name, args.format, args.keep)
+                done += 1
+                print(f"{path}: {len(snap)} PVs, {snap.n_ok} ok, {snap.elapsed:.3f} s"
+                      + (f"; removed {len(removed)} old file(s)" if removed else ""), flush=True)
+                if not snap.ok.all():
+                    incomplete += 1
+                    failed = snap.failed
+                    shown = ", ".join(f"{n} ({e})" for n, e in failed[:10])
+                    print(f"{path}: {len(failed)} PVs missing: {shown}{' ...' if len(failed) > 10 else ''}",
+                          file=sys.stderr, flush=True)
+                if args.count and done >= args.count:
+                    break
+                # next tick in the future (ticks missed by an overrun are skipped)
+                tick = max(tick + 1, math.ceil((time.monotonic() - mono0) / args.every))
+                stop.wait(max(mono0 + tick * args.every - time.monotonic(), 0.0))
+            source.close()
+        finally:
+            if coord is not None:
+                coord.close()
     if stop.is_set():
         print("archive: stopped by signal", file=sys.stderr)
     return 1 if incomplete else 0

@@ -24,17 +24,14 @@ import io
 import json
 import math
 import os
-import re
-import signal
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 
 import capar
-from capar.request import RequestFileError, read_names
+from _jobs import job_inputs, stop_on_signals
 
 FORMAT = "capar-monitor-chunk-1"
 
@@ -143,62 +140,46 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.rotate_events < 1 or not args.rotate_seconds > 0 or args.count < 0 or args.seconds < 0:
         ap.error("--rotate-events and --rotate-seconds must be > 0, --count and --seconds >= 0")
-    name = args.name or os.path.splitext(os.path.basename(args.names))[0]
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
-        ap.error(f"--name {name!r}: use letters, digits and _ . + - only")
-    try:
-        names = read_names(args.names, args.macros)
-    except RequestFileError as exc:
-        print(f"monitor_to_file: {exc}", file=sys.stderr)
-        return 2
-    os.makedirs(args.directory, exist_ok=True)
-
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    writer = ChunkWriter(args.directory, name, args.format, names)
-    values = 0
-    ever = np.zeros(len(names), dtype=bool)
-    connected = ever
-    try:
-        with capar.Monitor(names, form="time", connection_timeout=args.timeout,
-                           queue_size=args.queue_size) as mon:
-            writer._reset()  # the first chunk starts when monitoring does
-            t_end = time.monotonic() + args.seconds if args.seconds else math.inf
-            while not stop.is_set():
-                now = time.monotonic()
-                if now >= t_end:
-                    break
-                if now - writer.started_mono >= args.rotate_seconds:
-                    report(writer.flush())
-                wait = min(0.25, t_end - now, writer.started_mono + args.rotate_seconds - now)
-                batch = mon.get_batch(timeout=max(wait, 0.0))
-                if batch is None:
-                    continue
-                writer.overflow += batch.overflow
-                ever[batch.index[batch.kind == 1]] = True
-                a, n = 0, len(batch)
-                if args.count:  # cut the batch after the count-th value event
-                    pos = np.flatnonzero(batch.kind == 0)
-                    if values + len(pos) >= args.count:
-                        n = int(pos[args.count - values - 1]) + 1
-                while a < n:  # fill chunks up to rotate_events
-                    b = min(n, a + args.rotate_events - len(writer))
-                    writer.add(batch, a, b)
-                    a = b
-                    if len(writer) >= args.rotate_events:
+    name, names = job_inputs(ap, args, "monitor_to_file")
+    with stop_on_signals() as stop:
+        writer = ChunkWriter(args.directory, name, args.format, names)
+        values = 0
+        ever = np.zeros(len(names), dtype=bool)
+        connected = ever
+        try:
+            with capar.Monitor(names, form="time", connection_timeout=args.timeout,
+                               queue_size=args.queue_size) as mon:
+                writer._reset()  # the first chunk starts when monitoring does
+                t_end = time.monotonic() + args.seconds if args.seconds else math.inf
+                while not stop.is_set():
+                    now = time.monotonic()
+                    if now >= t_end:
+                        break
+                    if now - writer.started_mono >= args.rotate_seconds:
                         report(writer.flush())
-                values += int(np.count_nonzero(batch.kind[:n] == 0))
-                if args.count and values >= args.count:
-                    break
-            connected = mon.connected
-    finally:
-        report(writer.flush())  # the pending chunk, also on errors and signals
-        for s, h in old.items():
-            signal.signal(s, h)
+                    wait = min(0.25, t_end - now, writer.started_mono + args.rotate_seconds - now)
+                    batch = mon.get_batch(timeout=max(wait, 0.0))
+                    if batch is None:
+                        continue
+                    writer.overflow += batch.overflow
+                    ever[batch.index[batch.kind == 1]] = True
+                    a, n = 0, len(batch)
+                    if args.count:  # cut the batch after the count-th value event
+                        pos = np.flatnonzero(batch.kind == 0)
+                        if values + len(pos) >= args.count:
+                            n = int(pos[args.count - values - 1]) + 1
+                    while a < n:  # fill chunks up to rotate_events
+                        b = min(n, a + args.rotate_events - len(writer))
+                        writer.add(batch, a, b)
+                        a = b
+                        if len(writer) >= args.rotate_events:
+                            report(writer.flush())
+                    values += int(np.count_nonzero(batch.kind[:n] == 0))
+                    if args.count and values >= args.count:
+                        break
+                connected = mon.connected
+        finally:
+            report(writer.flush())  # the pending chunk, also on errors and signals
     never = [names[i] for i in range(len(names)) if not ever[i] and not connected[i]]
     for n in never:
         print(f"{n}: not connected", file=sys.stderr)
