@@ -77,17 +77,35 @@ ExceptionCallback = CFUNCTYPE(None, exception_handler_args)
 PrintfHandler = CFUNCTYPE(c_int, c_char_p, c_void_p)
 
 
+def _epics_lib(name: str) -> str:
+    """Absolute path of ``lib<name>`` in the epicscorelibs wheel, found without importing setuptools.
+
+    ``epicscorelibs.path`` imports ``setuptools_dso`` and with it setuptools (about 0.15 s) only to read
+    the small ``epicscorelibs/lib/<name>_dsoinfo.py`` module that names the file; reading that module
+    directly costs a millisecond.  Windows also needs the directory on the DLL search path.  Falls back to
+    ``epicscorelibs.path`` for a wheel without dsoinfo modules.
+    """
+    import importlib
+
+    try:
+        info = importlib.import_module(f"epicscorelibs.lib.{name}_dsoinfo")
+        path = info.sofilename
+    except (ImportError, AttributeError):
+        from epicscorelibs import path as ep  # imported lazily: keeps `import capar` free of shared libraries
+
+        return ep.get_lib(name)
+    if sys.platform == "win32" and hasattr(os, "add_dll_directory"):
+        os.add_dll_directory(os.path.dirname(path))
+    return path
+
+
 def libca_path() -> str:
     """Path of ``libca`` shipped in the epicscorelibs wheel."""
-    from epicscorelibs import path  # imported lazily: keeps `import capar` free of shared libraries
-
-    return path.get_lib("ca")
+    return _epics_lib("ca")
 
 
 def _libcom_path() -> str:
-    from epicscorelibs import path
-
-    return path.get_lib("Com")
+    return _epics_lib("Com")
 
 
 class LibCA:
