@@ -6,13 +6,7 @@ tools.  ``import capar`` loads no shared library: libca is opened on the first C
 """
 from __future__ import annotations
 
-from typing import Any
-
-from . import ca
 from ._version import __version__
-from .ca import CAThread, dbr, withInitialContext
-from .ca.channel import poll
-from .pv import PV, caget, cainfo, camonitor, camonitor_clear, caput, get_pv
 
 __all__ = [
     "__version__", "ca", "dbr", "caget", "caput", "cainfo", "camonitor", "camonitor_clear", "caget_many",
@@ -20,7 +14,13 @@ __all__ = [
     "acquire", "Group", "Snapshot", "Coordinator", "Monitor",
 ]
 
+# Every name is imported on first use (PEP 562): `import capar` costs about a millisecond and imports
+# neither numpy nor any binding module, so `caRepeater` and commands that need little stay small and fast.
 _LAZY = {
+    "ca": "capar.ca", "dbr": "capar.ca.dbr",
+    "CAThread": "capar.ca.context", "withInitialContext": "capar.ca.context", "poll": "capar.ca.channel",
+    "PV": "capar.pv", "caget": "capar.pv", "cainfo": "capar.pv", "camonitor": "capar.pv",
+    "camonitor_clear": "capar.pv", "caput": "capar.pv", "get_pv": "capar.pv",
     "acquire": "capar.bulk", "Group": "capar.bulk", "caget_many": "capar.bulk", "caput_many": "capar.bulk",
     "Snapshot": "capar.snapshot", "CAProcess": "capar.parallel", "CAPool": "capar.parallel",
     "Coordinator": "capar.parallel",
@@ -28,13 +28,40 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def _forkserver_by_default() -> None:
+    """Make ``forkserver`` multiprocessing's *default* start method on Linux (Python 3.14's own default).
+
+    The seed's ``multiprocessing.Queue()``, ``Lock()``, ``Event()``, ``Value()`` ... are created in the
+    default context; under Python < 3.14 that is ``fork``, whose semaphores cannot be handed to the
+    forkserver children of :class:`CAProcess`/:class:`CAPool` ("A SemLock created in a fork context is
+    being shared with a process in a spawn context").  Only the default changes: a program that calls
+    ``multiprocessing.set_start_method(...)`` (before or after ``import capar``) keeps its choice, and
+    ``CAPAR_KEEP_START_METHOD=1`` in the environment leaves the default alone.
+    """
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("CAPAR_KEEP_START_METHOD", "") not in ("", "0"):
+        return
+    import multiprocessing.context as mpc
+
+    default = getattr(mpc, "_default_context", None)
+    concrete = getattr(mpc, "_concrete_contexts", {}).get("forkserver")
+    if concrete is not None and isinstance(default, mpc.DefaultContext) and default._actual_context is None:
+        default._default_context = concrete
+
+
+_forkserver_by_default()
+
+
+def __getattr__(name: str) -> object:
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'capar' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(mod), name)
+    module = importlib.import_module(mod)
+    value = module if mod.endswith(f".{name}") else getattr(module, name)
     globals()[name] = value
     return value
 

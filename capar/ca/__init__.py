@@ -1,31 +1,58 @@
 """``capar.ca``: the pyepics ``epics.ca`` surface on capar's own libca binding.
 
-``import capar.ca`` loads no shared library; libca is opened and the initial context created on the first
-CA call (or by :func:`initialize_libca`).
+``import capar.ca`` loads no shared library and imports none of its submodules: each name is imported
+from its module on first use (PEP 562).  That keeps ``caRepeater`` (:mod:`capar.ca.repeater`) and
+``import capar`` small.  libca is opened and the initial context created on the first CA call (or by
+:func:`initialize_libca`).
 """
 from __future__ import annotations
 
-from . import dbr, errors
-from .channel import *  # noqa: F401,F403
-from .channel import __all__ as _channel_all
-from .channel import get_cache
-from .context import (
-    CAThread, attach_context, create_context, current_context, destroy_context, detach_context,
-    finalize_libca, initialize_libca, use_initial_context, withInitialContext,
-)
-from .errors import (
-    BadPVName, CAError, CAPutError, CASeverityException, CATimeoutError, ChannelAccessException,
-    ChannelAccessGetFailure, ChannelNotConnected, ContextError,
-)
-
+import importlib
 #: Use preemptive callbacks (libca threads deliver events without ``pend_event``).  Set to False before the
 #: first CA call to get a non-preemptive context, as in pyepics.
 PREEMPTIVE_CALLBACK = True
 
-__all__ = list(_channel_all) + [
-    "dbr", "errors", "PREEMPTIVE_CALLBACK", "get_cache", "CAThread", "attach_context", "create_context",
-    "current_context", "destroy_context", "detach_context", "finalize_libca", "initialize_libca",
-    "use_initial_context", "withInitialContext", "BadPVName", "CAError", "CAPutError",
-    "CASeverityException", "CATimeoutError", "ChannelAccessException", "ChannelAccessGetFailure",
-    "ChannelNotConnected", "ContextError",
+#: names of :mod:`capar.ca.channel`'s ``__all__`` (tests/test_binding.py checks that the two agree)
+_CHANNEL = (
+    "DEFAULT_CONNECTION_TIMEOUT", "AUTOMONITOR_MAXLENGTH", "DEFAULT_SUBSCRIPTION_MASK", "MAX_PV_NAME_LENGTH",
+    "BadValue", "check_name", "preemptive_setting", "create_channel", "connect_channel", "clear_channel",
+    "name", "host_name", "element_count", "field_type", "state", "isConnected", "access", "read_access",
+    "write_access", "promote_type", "get", "get_complete", "get_with_metadata", "get_complete_with_metadata",
+    "get_ctrlvars", "get_timevars", "get_timestamp", "get_severity", "get_precision", "get_enum_strings",
+    "put", "create_subscription", "clear_subscription", "poll", "pend_io", "pend_event", "flush_io",
+    "test_io", "clear_cache", "message", "version", "default_get_timeout", "encode_value", "unpack_value",
+    "channel_entry", "get_cache",
+)
+_CONTEXT = (
+    "CAThread", "attach_context", "create_context", "current_context", "destroy_context", "detach_context",
+    "finalize_libca", "initialize_libca", "use_initial_context", "withInitialContext",
+)
+_ERRORS = (
+    "BadPVName", "CAError", "CAPutError", "CASeverityException", "CATimeoutError", "ChannelAccessException",
+    "ChannelAccessGetFailure", "ChannelNotConnected", "ContextError",
+)
+_LAZY: dict[str, str] = {
+    **{n: "capar.ca.channel" for n in _CHANNEL},
+    **{n: "capar.ca.context" for n in _CONTEXT},
+    **{n: "capar.ca.errors" for n in _ERRORS},
+}
+_SUBMODULES = ("dbr", "errors", "libca", "context", "channel", "bulk", "monitor", "repeater")
+
+__all__ = [n for n in _CHANNEL if n != "get_cache"] + [
+    "dbr", "errors", "PREEMPTIVE_CALLBACK", "get_cache", *_CONTEXT, *_ERRORS,
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"capar.ca.{name}")
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'capar.ca' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
