@@ -1,5 +1,5 @@
 """Seed: the main process and a CAProcess each use the same PV, results come back on a Queue."""
-import multiprocessing as mp
+from multiprocessing import Queue
 import sys
 
 import capar
@@ -14,7 +14,7 @@ if __name__ == "__main__":
     prefix = sys.argv[1] if len(sys.argv) > 1 else "DEMO:"
     names = [prefix + "ao", prefix + "mbbo"]
     print("main:", [(n, capar.caget(n, as_string=True)) for n in names])
-    q = mp.get_context("forkserver").Queue()
+    q = Queue()  # the standard Queue, as in the seed
     proc = capar.CAProcess(target=subprocess, args=(q, *names))
     proc.start()
     print("child:", q.get(timeout=30))

@@ -26,7 +26,7 @@ import numpy as np
 from ..ca.errors import seconds
 from ..snapshot import Snapshot
 from . import transport
-from .process import epics_environment, get_context
+from .process import check_main_guard, default_start_method, epics_environment, get_context
 
 __all__ = ["Coordinator", "ShardedGroup", "ShardedMonitor", "CoordinatorBroken", "WorkerDied"]
 
@@ -199,7 +199,9 @@ class Coordinator:
             processes = os.cpu_count() or 1
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
             raise ValueError(f"processes must be a positive int, not {processes!r}")
-        self._ctx = get_context(start_method)
+        method = start_method or default_start_method()
+        self._ctx = get_context(method)
+        check_main_guard("Coordinator", method)
         self.processes = processes
         self.shm_threshold = shm_threshold
         self._env = epics_environment()

@@ -14,18 +14,22 @@ child before its first CA call (a forkserver started earlier would otherwise han
 """
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import multiprocessing.pool
 import os
 import signal
 import sys
 import warnings
+import weakref
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 __all__ = ["CAProcess", "CAPool", "default_start_method", "get_context", "epics_environment",
-           "shutdown_helpers"]
+           "shutdown_helpers", "check_main_guard", "UnguardedMainError"]
 
-_PRELOAD = ["capar", "numpy"]
+# what the forkserver imports once for all children (`import capar` alone imports nothing: PEP 562)
+_PRELOAD = ["capar.ca.channel", "capar.pv", "capar.bulk", "numpy"]
 
 
 def default_start_method() -> str:
@@ -50,6 +54,98 @@ def get_context(start_method: Optional[str] = None) -> multiprocessing.context.B
                           "but forkserver (the default) avoids the problem entirely", RuntimeWarning,
                           stacklevel=3)
     return ctx
+
+
+class UnguardedMainError(RuntimeError):
+    """Processes were started from a script's top level without ``if __name__ == "__main__":``."""
+
+
+_GUARD_WORDS = ("__name__", "__main__", "current_process", "parent_process", "MainProcess")
+
+
+def _is_guard(test: ast.expr) -> bool:
+    """True if an ``if`` test looks like a main-module guard (``__name__ == "__main__"`` and kin)."""
+    for node in ast.walk(test):
+        if isinstance(node, ast.Name) and node.id in _GUARD_WORDS:
+            return True
+        if isinstance(node, ast.Attribute) and node.attr in _GUARD_WORDS:
+            return True
+        if isinstance(node, ast.Constant) and node.value in _GUARD_WORDS:
+            return True
+    return False
+
+
+def _guarded(source: str, lineno: int) -> bool:
+    """True if line *lineno* of a module's *source* lies inside an ``if`` that guards the main module."""
+    try:
+        body: list[ast.stmt] = ast.parse(source).body
+    except (SyntaxError, ValueError):
+        return True  # cannot tell: never refuse a script on a guess
+    while body:
+        stmt = next((st for st in body if st.lineno <= lineno <= (st.end_lineno or st.lineno)), None)
+        if stmt is None:
+            return False
+        if isinstance(stmt, ast.If) and _is_guard(stmt.test):
+            return True
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return False
+        body = [st for field in ("body", "orelse", "finalbody", "handlers") for st in getattr(stmt, field, ())
+                if isinstance(st, ast.stmt)]
+        for handler in getattr(stmt, "handlers", ()):
+            body.extend(handler.body)
+        for case in getattr(stmt, "cases", ()):
+            body.extend(case.body)
+    return False
+
+
+def check_main_guard(what: str, start_method: str) -> None:
+    """Refuse to start processes from the unguarded top level of the main script.
+
+    Under ``forkserver`` and ``spawn`` every child runs the main script again (as ``__mp_main__``) before
+    its target.  A ``CAPool``/``CAProcess``/``Coordinator`` created at the script's top level without
+    ``if __name__ == "__main__":`` is then created again in every child, which dies, and a pool would
+    replace it forever.  This check runs in the parent before any process starts: it finds the main
+    script's top-level statement that is executing now and raises :class:`UnguardedMainError` if that
+    statement is not inside a main guard.  In a child that is re-running the main script (multiprocessing's
+    own ``_inheriting`` state) it raises the same error, whatever the guard looks like.
+
+    Parameters
+    ----------
+    what : str
+        What is being started ("CAPool", "CAProcess", "Coordinator"), for the message.
+    start_method : str
+        The start method the processes will use ('fork' re-runs nothing: no check).
+    """
+    fix = (f"with the {start_method!r} start method every child process runs the main script again "
+           f"before its target, and would start its own {what}: put the code that starts processes under "
+           f" if __name__ == \"__main__\":  (multiprocessing docs, 'Safe importing of main module')")
+    if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        raise UnguardedMainError(f"{what} started in a child process while it re-ran the main script; {fix}")
+    if start_method == "fork":
+        return
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if not path or spec_name.endswith("__main__") or spec_name == "__main__":
+        return  # interactive, -c, or a package's __main__: children do not re-run it
+    path = os.path.abspath(path)
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if (code.co_name == "<module>" and frame.f_globals is vars(main)
+                and os.path.abspath(code.co_filename) == path):
+            break
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return  # not started from the main script's top level (a thread, a callback ...)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            source = fh.read()
+    except (OSError, UnicodeDecodeError):
+        return
+    if not _guarded(source, frame.f_lineno):
+        raise UnguardedMainError(f"{what} started at the top level of {path} (line {frame.f_lineno}) without a "
+                                 f"main guard; {fix}")
 
 
 def _registry_if_loaded() -> Any:
@@ -85,6 +181,19 @@ class CAProcess(multiprocessing.Process):
         get_context(self._ca_start_method)  # validate early (ValueError in the parent)
         self._ca_env = epics_environment()
 
+    def start(self) -> None:
+        """Start the child (after :func:`check_main_guard`); see ``multiprocessing.Process.start``."""
+        check_main_guard("CAProcess", self._ca_start_method)
+        try:
+            super().start()
+        except RuntimeError as exc:
+            if "fork context" not in str(exc):
+                raise
+            raise RuntimeError(
+                f"{exc} -- a Queue/Lock/Event/Value made with start method 'fork' cannot be handed to a "
+                f"{self._ca_start_method!r} CAProcess: create it after `import capar` (which makes "
+                f"forkserver the default), or with capar.parallel.get_context().Queue() ...") from exc
+
     def _Popen(self, process_obj: Any) -> Any:  # type: ignore[override]
         ctx = get_context(self._ca_start_method)
         return ctx.Process._Popen(process_obj)  # type: ignore[attr-defined]
@@ -103,6 +212,71 @@ def _pool_initializer(env: Mapping[str, str], initializer: Optional[Callable], i
     _apply_environment(env)
     if initializer is not None:
         initializer(*initargs)
+
+
+class _NoWorker:
+    """Stands in for a worker that a broken CAPool does not start (multiprocessing's Pool would respawn)."""
+
+    name, daemon, pid, exitcode = "CAPoolWorker (not started: pool broken)", True, None, None
+
+    def start(self) -> None:
+        pass
+
+    def terminate(self) -> None:
+        pass
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False
+
+
+class _WorkerFactory:
+    """``Pool.Process`` of a CAPool: starts its workers, and breaks the pool when one has died.
+
+    multiprocessing's Pool replaces every worker that ends, so a worker that dies while starting (an
+    initializer that raises, a script without a main guard) is replaced forever and ``map`` never returns;
+    one that dies during a task leaves that task pending forever.  The pool asks this factory for each
+    replacement: if a worker it started ended with a non-zero exit code, the CAPool becomes broken, as
+    ``concurrent.futures.ProcessPoolExecutor`` does (pending and later calls raise ``BrokenProcessPool``
+    naming the worker and its exit code), and no worker is started any more.
+    """
+
+    def __init__(self, pool: "CAPool") -> None:
+        self.pool = weakref.ref(pool)
+        self.started: list = []
+
+    def __call__(self, ctx: Any, *args: Any, **kwds: Any) -> Any:
+        pool = self.pool()
+        if pool is not None:
+            dead = [w for w in self.started if w.exitcode not in (None, 0)]
+            self.started = [w for w in self.started if w.exitcode is None]
+            if dead and pool.broken is None and pool._state != multiprocessing.pool.TERMINATE:
+                w = dead[0]
+                pool._break(f"a CAPool worker (pid {w.pid}) exited with code {w.exitcode}; the pool is broken "
+                            f"(the worker's traceback, if any, went to stderr).  A worker that dies while "
+                            f"starting is usually an initializer that raised, or a script that starts "
+                            f"processes without  if __name__ == \"__main__\":")
+            if pool.broken is not None:
+                return _NoWorker()
+        w = ctx.Process(*args, **kwds)
+        self.started.append(w)
+        return w
+
+
+def _fail_job(job: Any, exc: BaseException) -> None:
+    """Finish a pending Pool result with *exc* (what its ``get()``/``next()`` will raise)."""
+    if isinstance(job, multiprocessing.pool.IMapIterator):
+        with job._cond:
+            job._items.append((False, exc))
+            job._length = job._index + 1  # nothing more will come
+            job._cond.notify()
+        job._cache.pop(job._job, None)
+        return
+    job._success, job._value = False, exc
+    job._cache.pop(job._job, None)
+    job._event.set()
 
 
 class CAPool(multiprocessing.pool.Pool):
@@ -124,9 +298,31 @@ class CAPool(multiprocessing.pool.Pool):
         if processes is not None and (not isinstance(processes, int) or processes < 1):
             self._state = multiprocessing.pool.CLOSE  # keep Pool.__del__ quiet: nothing was started
             raise ValueError(f"processes must be a positive int or None, not {processes!r}")
-        ctx = get_context(start_method)
+        method = start_method or default_start_method()
+        ctx = get_context(method)
+        try:
+            check_main_guard("CAPool", method)
+        except UnguardedMainError:
+            self._state = multiprocessing.pool.CLOSE
+            raise
+        self.broken: Optional[str] = None
+        self.Process = _WorkerFactory(self)  # type: ignore[assignment,method-assign]
         super().__init__(processes, _pool_initializer, (epics_environment(), initializer, tuple(initargs)),
                          maxtasksperchild, context=ctx)
+
+    def _break(self, reason: str) -> None:
+        self.broken = reason
+        exc = BrokenProcessPool(reason)
+        for job in list(self._cache.values()):
+            try:
+                _fail_job(job, exc)
+            except Exception:  # noqa: BLE001 - a result that finished meanwhile
+                pass
+
+    def _check_running(self) -> None:
+        if self.broken is not None:
+            raise BrokenProcessPool(self.broken)
+        super()._check_running()  # type: ignore[misc]
 
 
 def shutdown_helpers() -> None:
