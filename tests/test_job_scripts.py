@@ -1,0 +1,235 @@
+"""Job scripts as users write them, each run as its own program (``python script.py``).
+
+- the seed's plain ``multiprocessing.Queue()`` (and Lock, Event, Value, ``Manager().dict()``), created
+  before and after the parent's first CA call, handed to ``CAProcess`` and to ``CAPool`` initargs;
+- scripts that start a CAPool/CAProcess/Coordinator without ``if __name__ == "__main__":``: a clear
+  error in the parent, nothing hangs, no process is left;
+- a CAPool whose workers die while starting becomes broken instead of respawning them forever.
+
+Every script runs in a new session so that the test can find and stop (by pid) anything it left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from capar.parallel import CAPool
+from capar.parallel.process import UnguardedMainError, _guarded, _NoWorker, check_main_guard
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver start method")
+
+
+def _run(path, env=None, timeout=60.0):
+    """Run ``python path`` in its own session; return (rc, stdout, stderr); fail on leftovers."""
+    proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{path} did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    finally:
+        left = []
+        for p in psutil.process_iter():
+            try:
+                if p.pid != proc.pid and os.getsid(p.pid) == proc.pid:
+                    left.append(p)
+            except (psutil.Error, OSError):
+                continue
+        # multiprocessing's forkserver and resource tracker leave when they see the script's pipes close
+        _, left = psutil.wait_procs(left, timeout=5.0)
+        for p in left:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+    assert not left, f"{path} left processes behind: {[p.pid for p in left]}"
+    return proc.returncode, out, err
+
+
+SEED_QUEUE = '''
+import json, sys
+from multiprocessing import Event, Lock, Manager, Queue, Value
+import capar
+
+P = sys.argv[1] if len(sys.argv) > 1 else {prefix!r}
+
+def child(tag, q, lock, ev, val, d):
+    with lock:
+        val.value += 1
+    d[tag] = capar.caget(P + "ai")
+    ev.set()
+    q.put((tag, capar.caget(P + "stringin"), capar.caget(P + "longin")))
+
+def pool_init(q, lock, val):
+    global POOL_Q
+    POOL_Q = q
+    with lock:
+        val.value += 10
+
+def pool_job(name):
+    value = capar.caget(name)
+    POOL_Q.put(("pool", name, value))
+    return value
+
+if __name__ == "__main__":
+    out = {{}}
+    with Manager() as manager:
+        # created before the parent's first CA call ...
+        objs1 = (Queue(), Lock(), Event(), Value("i", 0), manager.dict())
+        p = capar.CAProcess(target=child, args=("before",) + objs1)
+        p.start()
+        out["before"] = objs1[0].get(timeout=30)
+        p.join(30)
+        out["before_exit"] = p.exitcode
+        out["before_flags"] = [objs1[2].is_set(), objs1[3].value, dict(objs1[4])]
+        out["parent"] = capar.caget(P + "ai")          # the parent's first CA call
+        # ... and after it
+        objs2 = (Queue(), Lock(), Event(), Value("i", 0), manager.dict())
+        p = capar.CAProcess(target=child, args=("after",) + objs2)
+        p.start()
+        out["after"] = objs2[0].get(timeout=30)
+        p.join(30)
+        out["after_exit"] = p.exitcode
+        out["after_flags"] = [objs2[2].is_set(), objs2[3].value, dict(objs2[4])]
+        q, lock, val = Queue(), Lock(), Value("i", 0)
+        with capar.CAPool(2, initializer=pool_init, initargs=(q, lock, val)) as pool:
+            out["map"] = pool.map(pool_job, [P + "ai", P + "longin", P + "stringin"])
+        out["pool_q"] = sorted(q.get(timeout=30)[1:] for _ in range(3))
+        out["pool_inits"] = val.value
+    print(json.dumps(out))
+'''
+
+
+def test_seed_plain_queue_lock_event_value_manager(prefix, tmp_path):
+    script = tmp_path / "seed_queue.py"
+    script.write_text(SEED_QUEUE.format(prefix=prefix))
+    rc, out, err = _run(script)
+    assert rc == 0, err
+    assert "Undefined Behavior" not in err and "Traceback" not in err, err
+    res = json.loads(out)
+    for tag in ("before", "after"):
+        assert res[tag] == [tag, "world", -7]
+        assert res[f"{tag}_exit"] == 0
+        assert res[f"{tag}_flags"] == [True, 1, {tag: 1.25}]
+    assert res["parent"] == 1.25
+    assert res["map"] == [1.25, -7, "world"]
+    assert res["pool_q"] == sorted([[prefix + "ai", 1.25], [prefix + "longin", -7],
+                                    [prefix + "stringin", "world"]])
+    assert res["pool_inits"] == 20  # each of the 2 workers ran the initializer with the shared Value
+
+
+UNGUARDED = {
+    "CAPool": "pool = capar.CAPool(2)\nprint(pool.map(abs, [-1, -2]))\npool.terminate()\n",
+    "CAProcess": "p = capar.CAProcess(target=print, args=('child ran',))\np.start()\np.join()\n",
+    "Coordinator": "c = capar.Coordinator(2)\nprint(c.get([P + 'ai']).value)\nc.close()\n",
+}
+
+
+@pytest.mark.parametrize("what", sorted(UNGUARDED))
+def test_unguarded_script_gets_a_clear_error(what, prefix, tmp_path):
+    script = tmp_path / f"unguarded_{what}.py"
+    script.write_text(f"import capar\nP = {prefix!r}\n" + UNGUARDED[what])
+    rc, out, err = _run(script, timeout=30)
+    assert rc == 1, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("capar.parallel.process.UnguardedMainError"), err
+    assert 'if __name__ == "__main__":' in last and what in last and str(script) in last
+    assert "child ran" not in out  # no child started
+
+
+def test_unguarded_script_in_a_function_called_at_top_level(prefix, tmp_path):
+    script = tmp_path / "unguarded_main.py"
+    script.write_text("import capar\ndef main():\n    with capar.CAPool(2) as pool:\n"
+                      "        print(pool.map(abs, [-1]))\nmain()\n")
+    rc, out, err = _run(script, timeout=30)
+    assert rc == 1 and "UnguardedMainError" in err and "line 5" in err, err
+
+
+def test_guard_missed_by_the_parent_is_caught_in_the_child_and_breaks_the_pool(tmp_path):
+    """A guard the parent's check cannot see through: the children raise, the pool becomes broken."""
+    script = tmp_path / "tricky_guard.py"
+    script.write_text(textwrap.dedent("""
+        import capar, time
+        if __name__ or True:   # looks like a guard, is not one
+            t0 = time.monotonic()
+            pool = capar.CAPool(2)
+            try:
+                pool.map(abs, [-1, -2])
+            except Exception as exc:
+                print(type(exc).__name__, round(time.monotonic() - t0, 1))
+            pool.terminate()
+    """))
+    rc, out, err = _run(script, timeout=60)
+    # the parent's map raised BrokenProcessPool; each child printed UnguardedMainError
+    assert rc == 0, err
+    assert out.split()[0] == "BrokenProcessPool", (out, err)
+    assert "UnguardedMainError: CAPool started in a child process" in err
+
+
+def _die_in_initializer() -> None:
+    os._exit(3)
+
+
+def test_capool_whose_workers_die_while_starting_is_broken():
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = CAPool(2, initializer=_die_in_initializer)
+    try:
+        with pytest.raises(BrokenProcessPool, match="exited with code 3"):
+            pool.map(abs, [-1, -2, -3])
+        with pytest.raises(BrokenProcessPool):
+            pool.apply_async(abs, (1,))
+        assert pool.broken is not None and "code 3" in pool.broken
+        # no endless respawn: every slot ends up as a placeholder, none is a live process
+        deadline = time.monotonic() + 10
+        while not all(isinstance(w, _NoWorker) for w in pool._pool) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(isinstance(w, _NoWorker) for w in pool._pool), pool._pool
+        assert pool.Process.started == []
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def test_guard_detection_on_source():
+    src = textwrap.dedent("""\
+        import capar
+        x = 1
+        if __name__ == "__main__":
+            pool = capar.CAPool(2)
+        def f():
+            pool = capar.CAPool(2)
+        try:
+            with open("x") as fh:
+                pool = capar.CAPool(2)
+        except OSError:
+            pass
+        if "__main__" == __name__:
+            for i in range(2):
+                y = 2
+        if x:
+            z = 3
+    """)
+    assert _guarded(src, 4)
+    assert not _guarded(src, 2)
+    assert not _guarded(src, 6)       # inside a function: the caller's line decides
+    assert not _guarded(src, 9)
+    assert _guarded(src, 14)
+    assert not _guarded(src, 16)
+    assert _guarded("this is not python (", 1)  # unreadable: never refuse on a guess
+
+
+def test_check_main_guard_is_quiet_for_fork_and_outside_main():
+    # pytest's __main__ is not the caller's module: nothing to check
+    check_main_guard("CAPool", "forkserver")
+    check_main_guard("CAPool", "fork")
+    assert issubclass(UnguardedMainError, RuntimeError)
