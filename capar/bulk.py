@@ -148,6 +148,15 @@ class Group:
         self._refresh_info()
         return int(self.connected.sum())
 
+    def hosts(self) -> list[Optional[str]]:
+        """Server (``"host:port"`` of the IOC) of every PV in input order; None where not connected."""
+        self._recheck(np.arange(len(self.unique)))
+        conn = np.flatnonzero(self.connected)
+        per_unique: list[Optional[str]] = [None] * len(self.unique)
+        for u, host in zip(conn.tolist(), self._chans.hosts(conn)):
+            per_unique[u] = host
+        return [per_unique[u] if u >= 0 else None for u in self._map.tolist()]
+
     def close(self) -> None:
         """Clear every channel (idempotent)."""
         self._chans.close()

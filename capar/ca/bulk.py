@@ -186,6 +186,12 @@ class BulkChannels:
             lib.ca_pend_event(min(remaining, slice_))
             slice_ = min(slice_ * 2, _SLICE)
 
+    def hosts(self, idx: np.ndarray) -> list[str]:
+        """``host:port`` of the server of channels *idx* (libca's ``ca_host_name``; call on connected ones)."""
+        lib = self._lib()
+        cchids = self._cchids()
+        return [h.decode("utf-8", "replace") for h in map(lib.ca_host_name, [cchids[i] for i in idx.tolist()])]
+
     def info(self, connected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(native field type, element count) of every channel; -1 / 0 where not connected."""
         lib = self._lib()

@@ -51,7 +51,7 @@ def _worker_main(conn: Any, env: dict, shm_threshold: Optional[int]) -> None:
     os.environ.update(env)
     import threading
 
-    from ..bulk import Group, acquire
+    from ..bulk import Group
 
     groups: dict[int, Any] = {}
     monitors: dict[int, tuple] = {}
@@ -83,11 +83,18 @@ def _worker_main(conn: Any, env: dict, shm_threshold: Optional[int]) -> None:
             if op == "ping":
                 reply: Any = os.getpid()
             elif op == "get":
-                _, _, names, form, deadline, conn_deadline, count, as_string = msg
-                snap = acquire(names, form=form, timeout=max(deadline - time.time(), 0.0),
-                               connection_timeout=max(conn_deadline - time.time(), 0.0), count=count,
-                               as_string=as_string)
+                _, _, names, form, deadline, conn_deadline, count, as_string, want_hosts = msg
+                with Group(names, form=form, count=count, as_string=as_string,
+                           connection_timeout=max(conn_deadline - time.time(), 0.0)) as g:
+                    snap = g.get(timeout=max(deadline - time.time(), 0.0))
+                    snap.elapsed += g.connect_seconds
+                    hosts = g.hosts() if want_hosts else None
                 reply = transport.pack(snap, shm_threshold)
+                reply["hosts"] = hosts
+            elif op == "locate":
+                _, _, names, conn_deadline = msg
+                with Group(names, connection_timeout=max(conn_deadline - time.time(), 0.0)) as g:
+                    reply = g.hosts()
             elif op == "connect":
                 _, _, gid, names, form, conn_deadline, count, as_string = msg
                 old = groups.pop(gid, None)
@@ -166,11 +173,53 @@ class RemoteError(Exception):
     """An exception raised in a worker; the remote traceback is in the message."""
 
 
-def _shards(n: int, k: int) -> list[tuple[int, int]]:
-    """Balanced contiguous (start, stop) slices of range(n) over at most k shards (no empty shard)."""
+#: ways to split a PV list over the workers (Coordinator(shard_by=...))
+SHARD_BY = ("ioc", "index")
+
+Shards = dict  # {worker slot: positions (int64 array, ascending) of the PVs it serves}; no empty shard
+
+
+def _shards(n: int, k: int) -> Shards:
+    """Balanced contiguous slices of range(n) over at most k workers ("index" sharding)."""
     k = max(1, min(k, n))
     bounds = np.linspace(0, n, k + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return {i: np.arange(a, b) for i, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+            if b > a}
+
+
+def _ioc_shards(names: list[str], hosts: dict[str, str], k: int) -> Shards:
+    """Whole IOCs per worker ("ioc" sharding): every PV of one server goes to the same worker.
+
+    Servers are placed largest first on the least-loaded worker (balanced by PV count); PVs whose server
+    is not known yet (never connected) then fill the workers up evenly, in input order.
+    """
+    n = len(names)
+    by_host: dict[str, list[int]] = {}
+    unknown: list[int] = []
+    for pos, name in enumerate(names):
+        host = hosts.get(name)
+        if host is None:
+            unknown.append(pos)
+        else:
+            by_host.setdefault(host, []).append(pos)
+    k = max(1, min(k, n))
+    parts: list[list[int]] = [[] for _ in range(k)]
+    for host in sorted(by_host, key=lambda h: (-len(by_host[h]), h)):
+        parts[min(range(k), key=lambda i: len(parts[i]))].extend(by_host[host])
+    if unknown:
+        target = -(-n // k)  # ceil: what an even split would give each worker
+        start = 0
+        for part in sorted(parts, key=len):
+            take = max(0, min(target - len(part), len(unknown) - start))
+            part.extend(unknown[start:start + take])
+            start += take
+        for j, pos in enumerate(unknown[start:]):  # rounding left-overs
+            parts[j % k].append(pos)
+    return {i: np.sort(np.asarray(p, dtype=np.int64)) for i, p in enumerate(parts) if p}
+
+
+def _take(seq: Sequence[Any], idx: np.ndarray) -> list:
+    return [seq[j] for j in idx.tolist()]
 
 
 def _check_names(names: Iterable[Any]) -> list[str]:
@@ -191,10 +240,19 @@ class Coordinator:
     processes : int — number of workers (≥ 1; default: CPU count).
     start_method : 'forkserver' (default on Linux), 'spawn' or 'fork'.
     shm_threshold : int or None, bytes — arrays this large come back through shared memory (None: pickled).
+    shard_by : 'index' (default) or 'ioc'.
+        'ioc': every PV of one IOC (the server of its connected channel, libca's ``ca_host_name``) is served
+        by one worker, whole IOCs balanced over the workers by PV count, so each IOC serves one capar
+        circuit instead of one per worker.  The Coordinator learns the servers from its workers: ``get``
+        reports them for the next calls, ``connect`` and ``monitor`` locate PVs whose server is not known
+        yet before they place them; PVs that never connected are spread evenly.  'index': contiguous,
+        balanced slices of the input list.
     """
 
     def __init__(self, processes: Optional[int] = None, start_method: Optional[str] = None,
-                 shm_threshold: Optional[int] = transport.DEFAULT_SHM_THRESHOLD) -> None:
+                 shm_threshold: Optional[int] = transport.DEFAULT_SHM_THRESHOLD, shard_by: str = "index") -> None:
+        if shard_by not in SHARD_BY:
+            raise ValueError(f"shard_by must be one of {SHARD_BY}, not {shard_by!r}")
         if processes is None:
             processes = os.cpu_count() or 1
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
@@ -203,7 +261,9 @@ class Coordinator:
         self._ctx = get_context(method)
         check_main_guard("Coordinator", method)
         self.processes = processes
+        self.shard_by = shard_by
         self.shm_threshold = shm_threshold
+        self._hosts: dict[str, str] = {}  # PV name -> "host:port" of its server, learned from the workers
         self._env = epics_environment()
         self._slots = [_Slot() for _ in range(processes)]
         self._tids = itertools.count(1)
@@ -353,6 +413,35 @@ class Coordinator:
             raise
         return out
 
+    # -- sharding ------------------------------------------------------------------------------------
+    def _plan(self, names: list[str]) -> Shards:
+        if self.shard_by == "ioc":
+            return _ioc_shards(names, self._hosts, self.processes)
+        return _shards(len(names), self.processes)
+
+    def _learn(self, names: list[str], hosts: Sequence[Optional[str]]) -> None:
+        """Remember the server of each connected PV; forget it for PVs that did not connect."""
+        for name, host in zip(names, hosts):
+            if host:
+                self._hosts[name] = host
+            else:
+                self._hosts.pop(name, None)
+
+    def _locate(self, names: list[str], conn_deadline: float) -> None:
+        """'ioc' sharding: find the servers of PVs not located yet (connect, ask, clear; in the workers)."""
+        if self.shard_by != "ioc":
+            return
+        unknown = list(dict.fromkeys(n for n in names if n not in self._hosts))
+        if not unknown:
+            return
+        shards = _shards(len(unknown), self.processes)
+        replies = self._call({i: ("locate", 0, _take(unknown, idx), conn_deadline) for i, idx in shards.items()},
+                             conn_deadline)
+        for i, idx in shards.items():
+            kind, value = replies.get(i, ("died", None))
+            if kind == "ok":
+                self._learn(_take(unknown, idx), value)
+
     # -- public API ----------------------------------------------------------------------------------
     def get(self, names: Sequence[str], form: str = "time", timeout: float = 2.0,
             connection_timeout: float = 5.0, count: Optional[int] = None, as_string: bool = False) -> Snapshot:
@@ -363,10 +452,16 @@ class Coordinator:
         now = time.time()
         conn_deadline = now + seconds(connection_timeout, "connection_timeout")
         deadline = conn_deadline + seconds(timeout)
-        shards = _shards(len(names), self.processes)
-        msgs = {i: ("get", 0, names[a:b], form, deadline, conn_deadline, count, as_string)
-                for i, (a, b) in enumerate(shards)}
+        shards = self._plan(names)
+        learn = self.shard_by == "ioc"
+        msgs = {i: ("get", 0, _take(names, idx), form, deadline, conn_deadline, count, as_string, learn)
+                for i, idx in shards.items()}
         replies = self._call(msgs, deadline)
+        if learn:
+            for i, idx in shards.items():
+                kind, value = replies.get(i, ("died", None))
+                if kind == "ok" and value.get("hosts") is not None:
+                    self._learn(_take(names, idx), value["hosts"])
         snap = _merge(names, form, shards, replies)
         snap.elapsed = time.perf_counter() - t0
         return snap
@@ -381,9 +476,9 @@ class Coordinator:
         now = time.time()
         conn_deadline = now + seconds(connection_timeout, "connection_timeout")
         deadline = conn_deadline + seconds(timeout)
-        shards = _shards(len(names), self.processes)
-        msgs = {i: ("put", 0, names[a:b], list(values[a:b]), wait, deadline, conn_deadline)
-                for i, (a, b) in enumerate(shards)}
+        shards = self._plan(names)
+        msgs = {i: ("put", 0, _take(names, idx), _take(values, idx), wait, deadline, conn_deadline)
+                for i, idx in shards.items()}
         return _merge_put(names, shards, self._call(msgs, deadline))
 
     def connect(self, names: Sequence[str], form: str = "time", connection_timeout: float = 5.0,
@@ -393,11 +488,12 @@ class Coordinator:
         names = _check_names(names)
         gid = next(self._gids)
         conn_deadline = time.time() + seconds(connection_timeout, "connection_timeout")
-        shards = _shards(len(names), self.processes)
-        msgs = {i: ("connect", 0, gid, names[a:b], form, conn_deadline, count, as_string)
-                for i, (a, b) in enumerate(shards)}
-        self._groups[gid] = {i: (names[a:b], form, connection_timeout, count, as_string)
-                             for i, (a, b) in enumerate(shards)}
+        self._locate(names, conn_deadline)
+        shards = self._plan(names)
+        msgs = {i: ("connect", 0, gid, _take(names, idx), form, conn_deadline, count, as_string)
+                for i, idx in shards.items()}
+        self._groups[gid] = {i: (_take(names, idx), form, connection_timeout, count, as_string)
+                             for i, idx in shards.items()}
         self._call(msgs, conn_deadline)
         return ShardedGroup(self, gid, names, form, shards)
 
@@ -413,11 +509,12 @@ class Coordinator:
         names = _check_names(names)
         gid = next(self._gids)
         deadline = time.time() + seconds(connection_timeout, "connection_timeout")
-        shards = _shards(len(names), self.processes)
-        self._monitors[gid] = {i: (names[a:b], form, count, queue_size, batch_interval, connection_timeout)
-                               for i, (a, b) in enumerate(shards)}
-        msgs = {i: ("mstart", 0, gid, names[a:b], form, count, queue_size, batch_interval, deadline)
-                for i, (a, b) in enumerate(shards)}
+        self._locate(names, deadline)
+        shards = self._plan(names)
+        self._monitors[gid] = {i: (_take(names, idx), form, count, queue_size, batch_interval, connection_timeout)
+                               for i, idx in shards.items()}
+        msgs = {i: ("mstart", 0, gid, _take(names, idx), form, count, queue_size, batch_interval, deadline)
+                for i, idx in shards.items()}
         replies = self._call(msgs, deadline)
         for kind, value in replies.values():
             if kind == "error":
@@ -513,8 +610,7 @@ class Coordinator:
 class ShardedGroup:
     """Channels connected in the Coordinator's workers; ``get()`` repeats on them."""
 
-    def __init__(self, coord: Coordinator, gid: int, names: list[str], form: str,
-                 shards: list[tuple[int, int]]) -> None:
+    def __init__(self, coord: Coordinator, gid: int, names: list[str], form: str, shards: Shards) -> None:
         self._coord, self.gid, self.names, self.form, self._shards = coord, gid, names, form, shards
         self.closed = False
 
@@ -523,7 +619,7 @@ class ShardedGroup:
         self._coord._check()
         t0 = time.perf_counter()
         deadline = time.time() + seconds(timeout)
-        msgs = {i: ("gget", 0, self.gid, deadline) for i in range(len(self._shards))}
+        msgs = {i: ("gget", 0, self.gid, deadline) for i in self._shards}
         snap = _merge(self.names, self.form, self._shards, self._coord._call(msgs, deadline))
         snap.elapsed = time.perf_counter() - t0
         return snap
@@ -534,8 +630,7 @@ class ShardedGroup:
         if len(values) != len(self.names):
             raise ValueError(f"{len(values)} values for {len(self.names)} PVs")
         deadline = time.time() + seconds(timeout)
-        msgs = {i: ("gput", 0, self.gid, list(values[a:b]), wait, deadline)
-                for i, (a, b) in enumerate(self._shards)}
+        msgs = {i: ("gput", 0, self.gid, _take(values, idx), wait, deadline) for i, idx in self._shards.items()}
         return _merge_put(self.names, self._shards, self._coord._call(msgs, deadline))
 
     def close(self) -> None:
@@ -545,7 +640,7 @@ class ShardedGroup:
         self.closed = True
         self._coord._groups.pop(self.gid, None)
         if not self._coord._closed and not self._coord._broken:
-            self._coord._call({i: ("gclose", 0, self.gid) for i in range(len(self._shards))}, time.time() + 5.0,
+            self._coord._call({i: ("gclose", 0, self.gid) for i in self._shards}, time.time() + 5.0,
                               retry=False)
 
     def __enter__(self) -> "ShardedGroup":
@@ -561,7 +656,7 @@ class ShardedMonitor:
     Iterate (``for batch in mon``) or call :meth:`get_batch`; stop with :meth:`close` or ``with``.
     """
 
-    def __init__(self, coord: Coordinator, gid: int, names: list[str], shards: list[tuple[int, int]],
+    def __init__(self, coord: Coordinator, gid: int, names: list[str], shards: Shards,
                  timeout: float = 1.0) -> None:
         self._coord, self.gid, self.names, self._shards = coord, gid, names, shards
         self.timeout = timeout
@@ -585,7 +680,6 @@ class ShardedMonitor:
     def _merge(self, parts: list) -> Any:
         from ..monitor import Batch
 
-        offsets = [self._shards[i][0] for i, _ in parts]
         batches = [b for _, b in parts]
         overflow = sum(b.overflow for b in batches)
         self.overflow += overflow
@@ -595,7 +689,7 @@ class ShardedMonitor:
             for b in batches:
                 values.extend(b.values if b.values is not None else b.value.tolist())
         return Batch(
-            index=np.concatenate([b.index + off for b, off in zip(batches, offsets)]),
+            index=np.concatenate([self._shards[i][b.index] for i, b in parts]),
             value=np.concatenate([b.value for b in batches]),
             timestamp=np.concatenate([b.timestamp for b in batches]),
             status=np.concatenate([b.status for b in batches]),
@@ -616,7 +710,7 @@ class ShardedMonitor:
         coord = self._coord
         coord._monitors.pop(self.gid, None)
         if not coord._closed and not coord._broken:
-            coord._call({i: ("mstop", 0, self.gid) for i in range(len(self._shards))}, time.time() + 5.0,
+            coord._call({i: ("mstop", 0, self.gid) for i in self._shards}, time.time() + 5.0,
                         retry=False)
         coord._inbox.pop(self.gid, None)
 
@@ -632,46 +726,46 @@ def _raise_remote(value: Any) -> None:
     raise exc from RemoteError(f"in worker:\n{tb}")
 
 
-def _merge(names: list[str], form: str, shards: list[tuple[int, int]], replies: dict[int, Any]) -> Snapshot:
+def _merge(names: list[str], form: str, shards: Shards, replies: dict[int, Any]) -> Snapshot:
     snap = Snapshot.empty(names, form=form)
     ctrl: dict[str, np.ndarray] = {}
-    for i, (a, b) in enumerate(shards):
+    for i, idx in shards.items():
         kind, value = replies.get(i, ("died", "no reply"))
         if kind == "error":
             _raise_remote(value)
         if kind == "died":
-            snap.error[a:b] = value
+            snap.error[idx] = value
             continue
         msg = transport.unpack(value)
-        snap.value[a:b] = msg["value"]
-        snap.values[a:b] = msg["values"]
-        snap.status[a:b] = msg["status"]
-        snap.severity[a:b] = msg["severity"]
-        snap.timestamp[a:b] = msg["timestamp"]
-        snap.ok[a:b] = msg["ok"]
-        snap.error[a:b] = _obj(msg["error"])
+        snap.value[idx] = msg["value"]
+        snap.values[idx] = msg["values"]
+        snap.status[idx] = msg["status"]
+        snap.severity[idx] = msg["severity"]
+        snap.timestamp[idx] = msg["timestamp"]
+        snap.ok[idx] = msg["ok"]
+        snap.error[idx] = _obj(msg["error"])
         for k, col in (msg["ctrl"] or {}).items():
             if k not in ctrl:
                 ctrl[k] = np.full(len(names), None, dtype=object) if col.dtype == object else \
                     np.full(len(names), np.nan if col.dtype.kind == "f" else -1, dtype=col.dtype)
-            ctrl[k][a:b] = col
+            ctrl[k][idx] = col
     snap.ctrl = ctrl
     return snap
 
 
-def _merge_put(names: list[str], shards: list[tuple[int, int]], replies: dict[int, Any]) -> Any:
+def _merge_put(names: list[str], shards: Shards, replies: dict[int, Any]) -> Any:
     from ..bulk import PutResult
 
     ok = np.zeros(len(names), dtype=bool)
     error = np.full(len(names), None, dtype=object)
-    for i, (a, b) in enumerate(shards):
+    for i, idx in shards.items():
         kind, value = replies.get(i, ("died", "no reply"))
         if kind == "error":
             _raise_remote(value)
         if kind == "died":
-            error[a:b] = value
+            error[idx] = value
             continue
-        ok[a:b], error[a:b] = value[0], _obj(value[1])
+        ok[idx], error[idx] = value[0], _obj(value[1])
     return PutResult(np.asarray(names, dtype=object), ok, error)
 
 
