@@ -278,7 +278,6 @@ def _load(path: str) -> Any:
 
 def cmd_get(args: argparse.Namespace) -> int:
     import capar
-    from capar.pv import fmt_time
 
     names = _names(args)
     with capar.Group(names, form="time", connection_timeout=args.w) as g:
@@ -290,6 +289,8 @@ def cmd_get(args: argparse.Namespace) -> int:
             continue
         text = _display(r.name, r.value, enums, args.S)
         if args.a:
+            from capar.pv import fmt_time  # only here: keeps `capar get` from importing the PV layer
+
             print(f"{r.name} {fmt_time(r.timestamp)} {text} {_alarm(r.status, r.severity)}")
         else:
             print(f"{r.name} {text}")

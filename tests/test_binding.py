@@ -77,3 +77,37 @@ def test_default_get_timeout_is_documented_formula():
     assert default_get_timeout(1) == 0.5
     assert default_get_timeout(1000) == pytest.approx(0.5 + math.log10(1000))
     assert default_get_timeout(0) == 0.5
+
+
+def test_import_capar_imports_no_numpy_and_finding_libca_no_setuptools():
+    """`import capar` is lazy (PEP 562); locating libca reads epicscorelibs' dsoinfo, not setuptools."""
+    code = ("import sys, capar, capar.ca;"
+            "lazy = not any(m in sys.modules for m in ('numpy', 'capar.pv', 'capar.ca.channel', "
+            "'multiprocessing.pool'));"
+            "from capar.ca.libca import libca_path, _libcom_path;"
+            "paths = [libca_path(), _libcom_path()];"
+            "print(lazy, 'setuptools' in sys.modules or 'setuptools_dso' in sys.modules, "
+            "all(__import__('os').path.exists(p) for p in paths))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "True"]
+
+
+def test_lazy_capar_ca_names_match_their_modules():
+    import capar
+    import capar.ca as ca
+    from capar.ca import channel, context
+
+    assert set(channel.__all__) <= set(ca.__all__)
+    for name in ca.__all__:
+        assert getattr(ca, name) is not None, name
+    for name in ("get", "put", "create_channel", "pend_event", "clear_cache"):
+        assert getattr(ca, name) is getattr(channel, name)
+    assert ca.CAThread is context.CAThread
+    for name in capar.__all__:
+        assert getattr(capar, name) is not None, name
+    assert capar.dbr is dbr and capar.ca is ca
+    with pytest.raises(AttributeError):
+        capar.no_such_name  # noqa: B018
+    with pytest.raises(AttributeError):
+        ca.no_such_name  # noqa: B018
