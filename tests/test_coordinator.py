@@ -1,7 +1,9 @@
 """Coordinator: sharded reads/puts merged in input order, shared memory, crash recovery, shutdown."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,29 +114,113 @@ def test_remote_exception_keeps_traceback_and_pool_usable(prefix, coord):
     assert coord.get([prefix + "s3"]).values[0] == 3.0
 
 
-def test_worker_killed_during_get_yields_complete_snapshot(prefix, coord):
-    names = scalars(prefix) * 10  # 20,000 positions
+def reaped(pid, create_time):
+    """True once the process *pid* created at *create_time* is gone: neither alive nor a zombie."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() != create_time  # the pid now names an unrelated process
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.ZombieProcess:
+        return False
+
+
+def casr_channels(ioc, client_port):
+    """Channels the IOC's CA server holds for the client whose TCP circuit has local port *client_port*."""
+    m = re.search(rf"TCP client at 127\.0\.0\.1:{client_port}\b[^\n]*\n[^\n]*?(\d+) Channels?\b",
+                  ioc.shell("casr 1"))
+    return int(m.group(1)) if m else 0
+
+
+def worker_deaths(caplog, code):
+    return [r.getMessage() for r in caplog.records
+            if r.name == "capar" and f"worker died (exit code {code}) while serving a request" in r.getMessage()]
+
+
+def test_worker_killed_during_get_yields_complete_snapshot(ioc, prefix, coord, caplog):
+    caplog.set_level(logging.WARNING, logger="capar")
+    # 20,000 positions; the second shard (the victim's) ends with a PV that never connects, so the victim
+    # stays inside this get (waiting for it) for connection_timeout: the kill cannot miss the call
+    names = scalars(prefix) * 10 + [prefix + "nothere"]
     victim = coord.pids[1]
-    timer = threading.Timer(0.02, os.kill, (victim, signal.SIGKILL))
-    timer.start()
-    snap = coord.get(names, timeout=5)
-    timer.join()
-    if victim in coord.pids:  # the get finished before the kill: the next call notices the death
-        time.sleep(0.2)
-        snap = coord.get(names, timeout=5)
+    victim_ct = psutil.Process(victim).create_time()
+    killed = {}
+
+    def kill_while_serving():
+        # SIGKILL the victim once it holds channels at the IOC for this get (a circuit of its own to the
+        # IOC's port, with channels on it in the server's "casr 1"): it is then serving the call
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not killed:
+            try:
+                ports = [c.laddr.port for c in psutil.Process(victim).net_connections("tcp")
+                         if c.raddr and c.raddr.port == ioc.port and c.status == psutil.CONN_ESTABLISHED]
+            except psutil.Error:
+                return
+            n = sum(casr_channels(ioc, p) for p in ports)
+            if n:
+                killed.update(channels=n, at=time.monotonic())
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:  # died otherwise: the log check below fails
+                    pass
+                return
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_while_serving)
+    t0 = time.monotonic()
+    killer.start()
+    snap = coord.get(names, timeout=5, connection_timeout=2.0)
+    t1 = time.monotonic()
+    killer.join()
+    assert killed, "the victim never held channels for the get: it was not killed"
+    assert t0 < killed["at"] < t1  # the kill landed during the call, before it returned
+    assert killed["channels"] > 0
+    # the parent saw the victim die while its reply was pending (not a hang, not a late death) ...
+    assert len(worker_deaths(caplog, -9)) == 1, caplog.text
     assert victim not in coord.pids and len(coord.pids) == 2
-    assert snap.ok.all(), snap.failed[:3]
+    # ... and retried its shard on the replacement: without the retry that shard would say "worker died ..."
+    assert snap.ok[:-1].all(), snap.failed[:3]
+    assert snap.error[-1] == "not connected"
     assert snap.value[:1000].tolist() == [float(i) for i in range(1000)]
-    assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE is False
+    assert snap.value[-2001:-1].tolist() == [float(i) for i in range(2000)]
+    assert reaped(victim, victim_ct)  # the coordinator reaped the killed worker: no zombie is left
 
 
-def test_crashed_worker_in_connected_group_is_replaced(prefix, coord):
+def test_crashed_worker_in_connected_group_is_replaced(prefix, coord, caplog):
+    caplog.set_level(logging.WARNING, logger="capar")
     names = scalars(prefix)[:500]
     with coord.connect(names) as g:
+        assert g.get().ok.all()
+        victim = coord.pids[0]
+        victim_ct = psutil.Process(victim).create_time()
+        # stop the worker, queue the crash request: it dies (exit code 139, like a segfault) as soon as it
+        # runs again -- which the timer makes happen 0.3 s into the next get, while that get waits for it
+        os.kill(victim, signal.SIGSTOP)
         coord._crash_worker(0, 139)
-        time.sleep(0.2)
-        snap = g.get()
+        resumed = {}
+
+        def resume():
+            resumed["at"] = time.monotonic()
+            try:
+                os.kill(victim, signal.SIGCONT)
+            except ProcessLookupError:  # already replaced (the get gave up on it): the asserts say so
+                pass
+
+        timer = threading.Timer(0.3, resume)
+        t0 = time.monotonic()
+        timer.start()
+        try:
+            snap = g.get(timeout=5)
+            t1 = time.monotonic()
+        finally:
+            timer.join()
+        assert t0 < resumed["at"] < t1  # the crash happened during the get
+        assert len(worker_deaths(caplog, 139)) == 1, caplog.text  # ... while its reply was pending
+        assert victim not in coord.pids and len(coord.pids) == 2
+        assert reaped(victim, victim_ct)
+        # the replacement re-created its part of the group and the get was retried there
         assert snap.ok.all() and snap.value.tolist() == [float(i) for i in range(500)]
+        assert g.get().value.tolist() == [float(i) for i in range(500)]
 
 
 def test_hung_worker_deadline_holds(prefix):

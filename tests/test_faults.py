@@ -59,6 +59,13 @@ def test_ioc_killed_during_sharded_get_then_restarted():
             co.close()
 
 
+def _dbf(ioc, field):
+    """Value of a numeric field read inside the IOC (``dbgf``), e.g. ``1.0``."""
+    out = ioc.dbgf(field)
+    assert out.startswith("DBF_"), out
+    return float(out.split(":", 1)[1])
+
+
 CHILD = r"""
 import json, sys, time, capar
 names = sys.argv[1].split(",")
@@ -82,7 +89,19 @@ def test_ioc_killed_during_waited_caput_many():
         child = subprocess.Popen([sys.executable, "-c", CHILD, ",".join(names), "8"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            time.sleep(1.5)  # connected and waiting for the delayed completions
+            # The fault must hit the child while its puts are pending: wait until the IOC's server holds the
+            # child's 50 channels, every put has landed (A == 1.0) and none has completed (the ODLY outputs
+            # still have to write 1.0 to sink).  A child that never connected fails here, not later.
+            assert ioc.wait_client_channels(50, timeout=20.0) == 50, ioc.shell("casr 1")
+            deadline = time.monotonic() + 20.0
+            while True:
+                landed = [_dbf(ioc, f"{P}slow{i}.A") for i in range(50)]
+                if landed == [1.0] * 50 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert landed == [1.0] * 50, landed
+            assert _dbf(ioc, f"{P}sink") == 0.0  # no put callback can have completed yet
+            assert child.poll() is None  # the child is still waiting for them
             ioc.process.kill()
             out, err = child.communicate(timeout=60)
         finally:

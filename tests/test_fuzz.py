@@ -698,27 +698,77 @@ def test_regression_float16_put_to_integer_pv():
     assert buf.tolist() == [1]
 
 
+def _encode_overflow(native: int, value: Any) -> Any:
+    """encode_value(_PV, native, len, value) with every warning an error (even outside this suite's -W error
+    config): the BadValue it raises, or its buffer."""
+    count = len(value) if isinstance(value, list) else 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            ptype, n, buf = encode_value(_PV, native, count, value)
+        except BadValue as exc:
+            return exc
+    assert ptype == native and n == count and buf.dtype == dbr.value_dtype(native), (ptype, n, buf)
+    return buf
+
+
+def _assert_overflow_outcome(native: int, value: Any, want: list[float]) -> str:
+    """An overflowing put to *native* is a BadValue naming the PV and the type's range, or a clean
+    buffer holding exactly *want* (±inf where the value overflows).  Returns which of the two it was."""
+    kind = dbr.NATIVE_NAMES[native].upper()
+    got = _encode_overflow(native, value)
+    if isinstance(got, BadValue):
+        msg = str(got)
+        assert _PV in msg and kind in msg and "range" in msg, msg
+        return "BadValue"
+    assert got.tolist() == want, (value, got)
+    return "inf"
+
+
 def test_regression_double_overflow_put_to_float_pv():
     r"""Regression test for PUT-2 (found by this file; fixed in the working tree while it was written): a
     double beyond the float32 range (1e300) put to a FLOAT PV warns 'overflow encountered in cast'
     (RuntimeWarning raised under -W error) instead of a BadValue or a clean inf."""
-    try:
-        encode_value(_PV, dbr.FLOAT, 1, 1e300)
-    except BadValue:
-        pass
+    inf = math.inf
+    outcomes = {
+        _assert_overflow_outcome(dbr.FLOAT, 1e300, [inf]),
+        _assert_overflow_outcome(dbr.FLOAT, -1e300, [-inf]),
+        _assert_overflow_outcome(dbr.FLOAT, [1.5, 1e300, -2.0], [1.5, inf, -2.0]),
+    }
+    assert len(outcomes) == 1, f"the same overflow is handled two ways: {outcomes}"
+    # the range check rejects only what overflows: the largest float32 and inf itself are sent as they are
+    big = float(np.finfo(np.float32).max)
+    assert _encode_overflow(dbr.FLOAT, big).tolist() == [big]
+    assert _encode_overflow(dbr.FLOAT, -inf).tolist() == [-inf]
+    assert _encode_overflow(dbr.FLOAT, 3e38).tolist() == [float(np.float32(3e38))]
 
 
-def test_regression_longdouble_overflow_put_to_double_pv():
+def test_regression_longdouble_overflow_put_to_double_pv(scratch):
     r"""Regression test for PUT-2 (found by this file; fixed in the working tree while it was written):
     np.longdouble beyond the double range put to a DOUBLE PV warns 'overflow encountered in cast'
     (RuntimeWarning raised under -W error) instead of a BadValue or a clean inf."""
     big = np.longdouble(10) ** 400
     if not np.isfinite(big):
         pytest.skip("longdouble is double on this platform")
-    try:
-        encode_value(_PV, dbr.DOUBLE, 1, big)
-    except BadValue:
-        pass
+    inf = math.inf
+    outcome = _assert_overflow_outcome(dbr.DOUBLE, big, [inf])
+    assert _assert_overflow_outcome(dbr.DOUBLE, -big, [-inf]) == outcome
+    # a longdouble within the double range is sent as that double
+    assert _encode_overflow(dbr.DOUBLE, np.longdouble(2.5)).tolist() == [2.5]
+    assert _encode_overflow(dbr.DOUBLE, np.longdouble(1e308)).tolist() == [1e308]
+    # ... and on a live DOUBLE PV: the put either fails naming the PV (the PV keeps its value) or writes inf
+    name = scratch[0]
+    chid = ca.create_channel(name, connect=True)
+    old = ca.get(chid, timeout=5.0)
+    assert isinstance(old, float) and math.isfinite(old), old
+    if outcome == "BadValue":
+        with pytest.raises(BadValue, match=re.escape(name)):
+            capar.caput(name, big, wait=True, timeout=10.0)
+        assert ca.get(chid, timeout=5.0) == old
+    else:
+        assert capar.caput(name, big, wait=True, timeout=10.0) == 1
+        assert ca.get(chid, timeout=5.0) == inf
+        assert capar.caput(name, old, wait=True, timeout=10.0) == 1
 
 
 @pytest.mark.parametrize("empty", [[], (), np.zeros(0)], ids=["list", "tuple", "array"])
