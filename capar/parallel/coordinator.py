@@ -33,6 +33,8 @@ __all__ = ["Coordinator", "ShardedGroup", "ShardedMonitor", "CoordinatorBroken",
 log = logging.getLogger("capar")
 
 _GRACE = 2.0  # seconds a worker may take beyond a call's deadline before it is declared hung
+#: longest wait (seconds) of shard_by='ioc' for the servers of PVs it has not seen connected yet
+LOCATE_SECONDS = 1.0
 
 
 class CoordinatorBroken(BrokenProcessPool):
@@ -191,7 +193,7 @@ def _ioc_shards(names: list[str], hosts: dict[str, str], k: int) -> Shards:
     """Whole IOCs per worker ("ioc" sharding): every PV of one server goes to the same worker.
 
     Servers are placed largest first on the least-loaded worker (balanced by PV count); PVs whose server
-    is not known yet (never connected) then fill the workers up evenly, in input order.
+    is not known (never connected) are then split evenly over the workers, in input order.
     """
     n = len(names)
     by_host: dict[str, list[int]] = {}
@@ -206,15 +208,10 @@ def _ioc_shards(names: list[str], hosts: dict[str, str], k: int) -> Shards:
     parts: list[list[int]] = [[] for _ in range(k)]
     for host in sorted(by_host, key=lambda h: (-len(by_host[h]), h)):
         parts[min(range(k), key=lambda i: len(parts[i]))].extend(by_host[host])
-    if unknown:
-        target = -(-n // k)  # ceil: what an even split would give each worker
-        start = 0
-        for part in sorted(parts, key=len):
-            take = max(0, min(target - len(part), len(unknown) - start))
-            part.extend(unknown[start:start + take])
-            start += take
-        for j, pos in enumerate(unknown[start:]):  # rounding left-overs
-            parts[j % k].append(pos)
+    if unknown:  # split evenly (sizes differ by at most one), the larger parts to the lighter workers
+        lightest = sorted(range(k), key=lambda i: len(parts[i]))
+        for i, chunk in zip(lightest, np.array_split(np.asarray(unknown, dtype=np.int64), k)):
+            parts[i].extend(chunk.tolist())
     return {i: np.sort(np.asarray(p, dtype=np.int64)) for i, p in enumerate(parts) if p}
 
 
@@ -244,8 +241,9 @@ class Coordinator:
         'ioc': every PV of one IOC (the server of its connected channel, libca's ``ca_host_name``) is served
         by one worker, whole IOCs balanced over the workers by PV count, so each IOC serves one capar
         circuit instead of one per worker.  The Coordinator learns the servers from its workers: ``get``
-        reports them for the next calls, ``connect`` and ``monitor`` locate PVs whose server is not known
-        yet before they place them; PVs that never connected are spread evenly.  'index': contiguous,
+        reports them for the next calls, ``connect`` and ``monitor`` first locate PVs whose server is not
+        known yet (waiting at most ``LOCATE_SECONDS``, 1 s, before their own *connection_timeout*); PVs
+        that did not connect are split evenly over the workers.  'index': contiguous,
         balanced slices of the input list.
     """
 
@@ -427,13 +425,19 @@ class Coordinator:
             else:
                 self._hosts.pop(name, None)
 
-    def _locate(self, names: list[str], conn_deadline: float) -> None:
-        """'ioc' sharding: find the servers of PVs not located yet (connect, ask, clear; in the workers)."""
+    def _locate(self, names: list[str], connection_timeout: float) -> None:
+        """'ioc' sharding: find the servers of PVs not located yet (connect, ask, clear; in the workers).
+
+        Waits at most :data:`LOCATE_SECONDS` (or *connection_timeout*, if shorter): a name no server
+        answers would otherwise hold every start for its whole connection timeout twice.  PVs not found
+        by then are placed as unknown.
+        """
         if self.shard_by != "ioc":
             return
         unknown = list(dict.fromkeys(n for n in names if n not in self._hosts))
         if not unknown:
             return
+        conn_deadline = time.time() + min(connection_timeout, LOCATE_SECONDS)
         shards = _shards(len(unknown), self.processes)
         replies = self._call({i: ("locate", 0, _take(unknown, idx), conn_deadline) for i, idx in shards.items()},
                              conn_deadline)
@@ -487,8 +491,9 @@ class Coordinator:
         self._check()
         names = _check_names(names)
         gid = next(self._gids)
-        conn_deadline = time.time() + seconds(connection_timeout, "connection_timeout")
-        self._locate(names, conn_deadline)
+        connection_timeout = seconds(connection_timeout, "connection_timeout")
+        self._locate(names, connection_timeout)
+        conn_deadline = time.time() + connection_timeout
         shards = self._plan(names)
         msgs = {i: ("connect", 0, gid, _take(names, idx), form, conn_deadline, count, as_string)
                 for i, idx in shards.items()}
@@ -508,8 +513,9 @@ class Coordinator:
         self._check()
         names = _check_names(names)
         gid = next(self._gids)
-        deadline = time.time() + seconds(connection_timeout, "connection_timeout")
-        self._locate(names, deadline)
+        connection_timeout = seconds(connection_timeout, "connection_timeout")
+        self._locate(names, connection_timeout)
+        deadline = time.time() + connection_timeout
         shards = self._plan(names)
         self._monitors[gid] = {i: (_take(names, idx), form, count, queue_size, batch_interval, connection_timeout)
                                for i, idx in shards.items()}
