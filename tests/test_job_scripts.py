@@ -233,3 +233,28 @@ def test_check_main_guard_is_quiet_for_fork_and_outside_main():
     check_main_guard("CAPool", "forkserver")
     check_main_guard("CAPool", "fork")
     assert issubclass(UnguardedMainError, RuntimeError)
+
+
+def test_queue_made_before_import_capar_gets_an_explanation(tmp_path):
+    """A fork-context Queue (made before `import capar`) cannot reach a forkserver child: say how to fix it."""
+    script = tmp_path / "early_queue.py"
+    script.write_text(textwrap.dedent("""
+        from multiprocessing import Queue
+        q = Queue()                       # default context resolved to 'fork' before capar was imported
+        import capar
+
+        def f(q):
+            q.put(1)
+
+        if __name__ == "__main__":
+            for make in (lambda: capar.CAPool(1, initializer=f, initargs=(q,)),
+                         lambda: capar.CAProcess(target=f, args=(q,)).start()):
+                try:
+                    make()
+                    print("no error")
+                except RuntimeError as exc:
+                    print("explained" if "after `import capar`" in str(exc) else f"raw: {exc}")
+    """))
+    rc, out, err = _run(script, timeout=30)
+    assert rc == 0, err
+    assert out.split() == ["explained", "explained"], out

@@ -165,6 +165,16 @@ def _apply_environment(env: Mapping[str, str]) -> None:
     os.environ.update(env)
 
 
+def _explain_fork_context(exc: RuntimeError, method: str) -> None:
+    """Re-raise multiprocessing's "SemLock created in a fork context" error with capar's fix; else return."""
+    if "fork context" in str(exc):
+        raise RuntimeError(
+            f"{exc} -- a Queue/Lock/Event/Value made in the 'fork' context (before `import capar`, or "
+            f"with CAPAR_KEEP_START_METHOD=1) cannot be handed to a {method!r} child: create it after "
+            f"`import capar` (which makes forkserver the default), or with "
+            f"capar.parallel.get_context().Queue() ...") from exc
+
+
 class CAProcess(multiprocessing.Process):
     """A :class:`multiprocessing.Process` whose target runs with its own, fresh CA context.
 
@@ -187,12 +197,8 @@ class CAProcess(multiprocessing.Process):
         try:
             super().start()
         except RuntimeError as exc:
-            if "fork context" not in str(exc):
-                raise
-            raise RuntimeError(
-                f"{exc} -- a Queue/Lock/Event/Value made with start method 'fork' cannot be handed to a "
-                f"{self._ca_start_method!r} CAProcess: create it after `import capar` (which makes "
-                f"forkserver the default), or with capar.parallel.get_context().Queue() ...") from exc
+            _explain_fork_context(exc, self._ca_start_method)
+            raise
 
     def _Popen(self, process_obj: Any) -> Any:  # type: ignore[override]
         ctx = get_context(self._ca_start_method)
@@ -307,8 +313,12 @@ class CAPool(multiprocessing.pool.Pool):
             raise
         self.broken: Optional[str] = None
         self.Process = _WorkerFactory(self)  # type: ignore[assignment,method-assign]
-        super().__init__(processes, _pool_initializer, (epics_environment(), initializer, tuple(initargs)),
-                         maxtasksperchild, context=ctx)
+        try:
+            super().__init__(processes, _pool_initializer, (epics_environment(), initializer, tuple(initargs)),
+                             maxtasksperchild, context=ctx)
+        except RuntimeError as exc:
+            _explain_fork_context(exc, method)
+            raise
 
     def _break(self, reason: str) -> None:
         self.broken = reason
