@@ -22,6 +22,19 @@ Demo IOC from a shell (prints ``export`` lines for a client shell, stops on Ctrl
 
     python -m capar.testing --pvs 100
 
+Many IOCs
+---------
+:class:`IOCSet` runs N such IOCs, each on its own port, sharing one :class:`CARepeater`, with one
+client environment whose ``EPICS_CA_ADDR_LIST`` names all of them.  libca reads the environment once
+per process, so clients of an IOCSet usually run in a :class:`ClientProcess` (a fresh Python process
+driven by the test) or in Coordinator workers created while ``IOCSet.env`` is in ``os.environ``::
+
+    with IOCSet.scalars(8, 2500) as iocs:         # 8 IOCs x 2,500 ao records, started in parallel
+        with iocs.client() as c:
+            snap = c.run("capar.acquire(names)", names=iocs.all_names)
+        iocs.kill(3); iocs.restart(3)              # a crash, then the IOC back on the same port
+        iocs[0].client_circuits()                  # client TCP circuits the IOC serves (casr)
+
 Arrays filled after ``iocInit``
 -------------------------------
 A waveform's ``NORD`` cannot be set from a database file, and a ``{const:[...]}`` link is impractical
@@ -49,7 +62,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import IO, Iterable, MutableMapping, Optional
+from typing import IO, Callable, Iterable, Iterator, Mapping, MutableMapping, Optional, Sequence
 
 import psutil
 
@@ -58,6 +71,10 @@ __all__ = [
     "unique_prefix",
     "loopback_env",
     "IOC",
+    "CARepeater",
+    "IOCSet",
+    "ClientProcess",
+    "record_names",
     "db_all_types",
     "db_scalars",
     "db_counters",
@@ -347,6 +364,13 @@ class IOC:
         Label used in log and error messages.
     prefix : str, optional
         PV name prefix used to build ``db``, kept as :attr:`prefix` for the caller's convenience.
+    repeater_port : int, optional
+        CA repeater UDP port; :func:`free_port` when omitted.  Several IOCs (and their clients) may
+        share one repeater port: the IOCs then send their beacons to that one repeater (see
+        :class:`IOCSet`).
+    own_repeater : bool
+        Start a CA repeater process of this IOC's own on :attr:`repeater_port` (default).  False when
+        another process (e.g. a :class:`CARepeater`) already serves that port.
 
     Attributes
     ----------
@@ -367,7 +391,8 @@ class IOC:
     """
 
     def __init__(self, db: str, *, port: Optional[int] = None, max_array_bytes: int = 20_000_000,
-                 startup_timeout: float = 60.0, name: str = "ioc", prefix: Optional[str] = None) -> None:
+                 startup_timeout: float = 60.0, name: str = "ioc", prefix: Optional[str] = None,
+                 repeater_port: Optional[int] = None, own_repeater: bool = True) -> None:
         self.db = db
         self.name = name
         self.prefix = prefix
@@ -375,7 +400,8 @@ class IOC:
         self.startup_timeout = float(startup_timeout)
         self._port_given = port is not None
         self.port: int = int(port) if port is not None else free_port()
-        self.repeater_port: int = free_port()
+        self.repeater_port: int = int(repeater_port) if repeater_port is not None else free_port()
+        self.own_repeater = bool(own_repeater)
         self.env: dict[str, str] = loopback_env(self.port, self.repeater_port, self.max_array_bytes)
         self.pid: Optional[int] = None
         self.process: Optional[subprocess.Popen] = None
@@ -438,7 +464,8 @@ class IOC:
                 f.write(self.db)
             _live.add(self)
             try:
-                self._start_repeater()
+                if self.own_repeater:
+                    self._start_repeater()
                 attempts = 1 if self._port_given else 3
                 for attempt in range(attempts):
                     try:
@@ -577,6 +604,99 @@ class IOC:
             if n == expected or time.monotonic() > deadline:
                 return n
             time.sleep(0.05)
+
+    def clients(self, timeout: float = 10.0) -> list[tuple[str, int]]:
+        """The CA clients the IOC's server holds a TCP circuit for, from ``casr 1``.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the answer.
+
+        Returns
+        -------
+        list[tuple[str, int]]
+            One ``("127.0.0.1:PORT", channels)`` per client circuit, in the server's order: the
+            client's address (its end of the circuit) and the number of channels it holds there.
+        """
+        return _parse_casr_clients(self.shell("casr 1", timeout))
+
+    def client_circuits(self, timeout: float = 10.0) -> int:
+        """Number of client TCP circuits the IOC's CA server serves right now (from ``casr 1``).
+
+        libca opens one circuit per (client context, server); a process with one CA context that
+        holds channels of this IOC counts once, however many channels it holds.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the answer.
+        """
+        return len(self.clients(timeout))
+
+    def wait_client_circuits(self, expected: int, timeout: float = 10.0) -> int:
+        """Wait until :meth:`client_circuits` equals *expected* (circuits close asynchronously) or
+        *timeout* seconds pass; return the last count.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self.client_circuits()
+            if n == expected or time.monotonic() > deadline:
+                return n
+            time.sleep(0.05)
+
+    def client_pids(self, timeout: float = 10.0) -> list[Optional[int]]:
+        """Pids of the local processes at the client end of each circuit of :meth:`clients`.
+
+        The client addresses the server reports are matched with the TCP connections of this host's
+        processes (``psutil``); a circuit whose process cannot be seen (another user's process, or
+        a circuit that closed meanwhile) gives ``None``.  ``len(set(ioc.client_pids()))`` is the
+        number of processes the IOC serves.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the ``casr`` answer.
+        """
+        addrs = [addr for addr, _ in self.clients(timeout)]
+        owners = _tcp_owners(self.port)
+        return [owners.get(addr) for addr in addrs]
+
+    def suspend(self) -> None:
+        """Freeze the IOC process (SIGSTOP): its CA server keeps its circuits open but answers nothing
+        until :meth:`resume` — a hung IOC.  No-op when the IOC is not running."""
+        with self._lock:
+            if self.running:
+                self.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        """Let a :meth:`suspend`-ed IOC run again (SIGCONT).  No-op when the IOC is not running."""
+        with self._lock:
+            if self.running:
+                self.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+
+    def kill(self, timeout: float = 5.0) -> None:
+        """Kill the IOC process with SIGKILL, like a crash: no orderly shutdown of its CA server.
+
+        The port, the repeater and the work directory are kept; :meth:`restart` starts the IOC
+        again on the same port.  No-op when the IOC is not running.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the process to be reaped.
+        """
+        with self._lock:
+            proc = self.process
+            if proc is None:
+                return
+            if proc.poll() is None:
+                proc.kill()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._stop_ioc(timeout)
 
     def dbpf(self, name: str, value: str, timeout: float = 10.0) -> str:
         """Write ``value`` with the IOC's ``dbpf`` (arrays as JSON: ``'[1,2,3]'``) and return its output.
@@ -779,6 +899,720 @@ def _stop_all() -> None:
             ioc.stop()
         except Exception as exc:  # pragma: no cover - best effort at interpreter exit
             log.warning("could not stop %r at exit: %s", ioc, exc)
+
+
+# --------------------------------------------------------------------------------------------------
+# casr parsing, record names
+# --------------------------------------------------------------------------------------------------
+
+_CASR_CLIENT = re.compile(r"^\s*TCP client at (\d+\.\d+\.\d+\.\d+:\d+)\b")
+_CASR_CHANNELS = re.compile(r"(\d+) Channels?\b")
+
+
+def _parse_casr_clients(text: str) -> list[tuple[str, int]]:
+    """``casr 1`` output -> ``[("127.0.0.1:PORT", channels), ...]``, one per TCP client circuit."""
+    out: list[tuple[str, int]] = []
+    current: Optional[str] = None
+    for line in text.splitlines():
+        m = _CASR_CLIENT.match(line)
+        if m:
+            if current is not None:
+                out.append((current, 0))
+            current = m.group(1)
+            continue
+        if current is not None:
+            c = _CASR_CHANNELS.search(line)
+            if c:
+                out.append((current, int(c.group(1))))
+                current = None
+            elif line.strip() and not line.startswith((" ", "\t")):
+                out.append((current, 0))  # the client block ended without a channel count
+                current = None
+    if current is not None:
+        out.append((current, 0))
+    return out
+
+
+def _tcp_owners(server_port: int) -> dict[str, int]:
+    """``{"127.0.0.1:LOCALPORT": pid}`` of this host's TCP connections to 127.0.0.1:*server_port*."""
+    def add(out: dict[str, int], conns: Iterable, pid: Optional[int]) -> None:
+        for c in conns:
+            if c.raddr and c.raddr.port == server_port and c.raddr.ip == LOOPBACK and c.laddr:
+                owner = pid if pid is not None else c.pid
+                if owner is not None:
+                    out[f"{c.laddr.ip}:{c.laddr.port}"] = owner
+
+    owners: dict[str, int] = {}
+    try:
+        add(owners, psutil.net_connections(kind="tcp4"), None)
+    except psutil.AccessDenied:  # not allowed system-wide (macOS): look at each visible process
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                add(owners, proc.net_connections(kind="tcp4"), proc.pid)
+            except psutil.Error:
+                continue
+    return owners
+
+
+_RECORD_NAME = re.compile(r'\brecord\s*\(\s*"?\w+"?\s*,\s*"?([^",)\s]+)"?\s*\)')
+
+
+def record_names(db: str) -> list[str]:
+    """Names of the records defined in database text *db*, in file order.
+
+    Parameters
+    ----------
+    db : str
+        Database text (``record(TYPE, "NAME") {...}`` ...), e.g. from :func:`db_scalars`.
+
+    Returns
+    -------
+    list[str]
+        Record (= PV) names.
+    """
+    return _RECORD_NAME.findall(db)
+
+
+# --------------------------------------------------------------------------------------------------
+# a CA repeater on its own, many IOCs sharing it
+# --------------------------------------------------------------------------------------------------
+
+class CARepeater:
+    """A CA repeater in a subprocess, alone, on UDP port 127.0.0.1:*port*.
+
+    The repeater of an :class:`IOCSet`: every IOC of the set sends its beacons to it and every client
+    of the set registers with it.  It exits when its parent process dies (EOF on its stdin).
+
+    Parameters
+    ----------
+    port : int, optional
+        Repeater UDP port; :func:`free_port` when omitted.
+    name : str
+        Label used in log and error messages.
+
+    Attributes
+    ----------
+    port : int
+        The repeater port.
+    process : subprocess.Popen or None
+        The repeater process while it runs.
+    """
+
+    def __init__(self, port: Optional[int] = None, *, name: str = "repeater") -> None:
+        self.port: int = int(port) if port is not None else free_port()
+        self.name = name
+        self.process: Optional[subprocess.Popen] = None
+        self._workdir: Optional[str] = None
+        self._lock = threading.RLock()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """EPICS variables the repeater process runs with (loopback only)."""
+        return {"EPICS_CA_REPEATER_PORT": str(self.port), "EPICS_CA_AUTO_ADDR_LIST": "NO",
+                "EPICS_CA_ADDR_LIST": LOOPBACK, "EPICS_CAS_INTF_ADDR_LIST": LOOPBACK}
+
+    @property
+    def pid(self) -> Optional[int]:
+        """Pid of the repeater process, None when it is not running."""
+        return self.process.pid if self.running else None  # type: ignore[union-attr]
+
+    @property
+    def running(self) -> bool:
+        """True while the repeater process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def __repr__(self) -> str:
+        return f"<CARepeater {self.name!r} port={self.port} {'pid=' + str(self.pid) if self.running else 'stopped'}>"
+
+    def start(self, timeout: float = 10.0) -> "CARepeater":
+        """Start the repeater and wait (at most *timeout* seconds) until it owns its UDP port.
+
+        Raises
+        ------
+        RuntimeError
+            If the repeater exits or does not bind its port in time (a client would then spawn a
+            ``caRepeater`` of its own that outlives the test).
+        """
+        with self._lock:
+            if self.running:
+                return self
+            self._workdir = tempfile.mkdtemp(prefix=f"capar-{self.name}-")
+            log_path = os.path.join(self._workdir, "repeater.log")
+            _live.add(self)  # type: ignore[arg-type]
+            with open(log_path, "wb") as logf:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-c", _REPEATER_SCRIPT],
+                    stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT,
+                    env=_child_env(self.env), cwd=self._workdir,
+                )
+            deadline = time.monotonic() + timeout
+            while True:
+                problem = None
+                if self.process.poll() is not None:
+                    problem = f"exited with status {self.process.returncode}"
+                else:
+                    try:
+                        conns = psutil.Process(self.process.pid).net_connections(kind="udp")
+                    except psutil.Error:
+                        conns = []
+                    if any(c.laddr and c.laddr.port == self.port for c in conns):
+                        return self
+                    if time.monotonic() > deadline:
+                        problem = f"did not bind UDP port {self.port} within {timeout} s"
+                if problem is not None:
+                    with open(log_path, encoding="utf-8", errors="replace") as f:
+                        tail = f.read()[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"{self.name}: CA repeater {problem}\n{tail}")
+                time.sleep(0.02)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the repeater (stdin EOF, then SIGTERM, then SIGKILL) and remove its files; idempotent."""
+        with self._lock:
+            if self.process is not None:
+                _stop_popen(self.process, timeout, close_stdin=True)
+                self.process = None
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+            _live.discard(self)  # type: ignore[arg-type]
+
+    def __enter__(self) -> "CARepeater":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _in_threads(fn: "Callable[[int], object]", n: int, label: str) -> None:
+    """Run ``fn(0) .. fn(n-1)`` in parallel threads; raise one RuntimeError naming every failure."""
+    errors: list[tuple[int, BaseException]] = []
+    lock = threading.Lock()
+
+    def run(k: int) -> None:
+        try:
+            fn(k)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append((k, exc))
+
+    threads = [threading.Thread(target=run, args=(k,), name=f"capar-{label}-{k}", daemon=True)
+               for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        errors.sort(key=lambda e: e[0])
+        text = "\n".join(f"[{k}] {type(e).__name__}: {e}" for k, e in errors)
+        raise RuntimeError(f"{label}: {len(errors)} of {n} failed:\n{text}") from errors[0][1]
+
+
+class IOCSet:
+    """Many soft IOCs on 127.0.0.1, each on its own CA server port, sharing one CA repeater, and ONE
+    client environment that reaches all of them.
+
+    The client environment (:attr:`env`) lists every IOC in ``EPICS_CA_ADDR_LIST``
+    (``"127.0.0.1:P1 127.0.0.1:P2 ..."``, ``EPICS_CA_AUTO_ADDR_LIST=NO``) and names the shared
+    repeater in ``EPICS_CA_REPEATER_PORT``.  The IOCs send their beacons to that repeater, so a client
+    hears an IOC that comes back (:meth:`restart`) like it would on a real network.
+
+    Parameters
+    ----------
+    dbs : sequence of str
+        Database text of each IOC (one IOC per item).
+    prefixes : sequence of (str or None), optional
+        PV name prefix of each IOC (kept as ``self[k].prefix``).
+    max_array_bytes : int
+        ``EPICS_CA_MAX_ARRAY_BYTES`` of the IOCs and the clients (bytes).
+    startup_timeout : float
+        Seconds each IOC may take to start (they start in parallel).
+    name : str
+        Label; IOC ``k`` is named ``f"{name}-{k}"``.
+
+    Attributes
+    ----------
+    iocs : list[IOC]
+        The IOCs, in the order of *dbs*.
+    repeater : CARepeater
+        The shared repeater.
+    names : list[list[str]]
+        PV (record) names each IOC serves: ``names[k]`` for IOC ``k`` (see :func:`record_names`).
+    start_seconds : float
+        Seconds the last :meth:`start` took (repeater and every IOC up).
+
+    Typical use::
+
+        with IOCSet.scalars(8, 2500) as iocs:
+            client = iocs.client()            # a fresh Python process with iocs.env applied
+            snap = client.run("capar.acquire(names)", names=iocs.all_names)
+    """
+
+    def __init__(self, dbs: "Sequence[str]", *, prefixes: "Optional[Sequence[Optional[str]]]" = None,
+                 max_array_bytes: int = 20_000_000, startup_timeout: float = 60.0,
+                 name: str = "iocset") -> None:
+        dbs = list(dbs)
+        if not dbs:
+            raise ValueError("an IOCSet needs at least one database")
+        if prefixes is None:
+            prefixes = [None] * len(dbs)
+        prefixes = list(prefixes)
+        if len(prefixes) != len(dbs):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(dbs)} databases")
+        self.name = name
+        self.max_array_bytes = int(max_array_bytes)
+        self.repeater = CARepeater(name=f"{name}-repeater")
+        self.iocs: list[IOC] = [
+            IOC(db, max_array_bytes=self.max_array_bytes, startup_timeout=startup_timeout,
+                name=f"{name}-{k}", prefix=prefixes[k], repeater_port=self.repeater.port,
+                own_repeater=False)
+            for k, db in enumerate(dbs)
+        ]
+        self.names: list[list[str]] = [record_names(db) for db in dbs]
+        self._owner: dict[str, int] = {}
+        for k, pvs in enumerate(self.names):
+            for pv in pvs:
+                self._owner.setdefault(pv, k)
+        self.start_seconds = float("nan")
+
+    @classmethod
+    def scalars(cls, n_iocs: int, pvs_per_ioc: int, *, counters_per_ioc: int = 0,
+                counter_scan: str = ".1 second", tag: str = "M", **kwargs: object) -> "IOCSet":
+        """A set of *n_iocs* IOCs, each with *pvs_per_ioc* :func:`db_scalars` records (plus
+        *counters_per_ioc* :func:`db_counters` records).
+
+        IOC ``k`` has prefix ``f"{base}{k}:"`` (``base`` from :func:`unique_prefix`), scalars
+        ``s{i}`` for ``i`` in ``range(k * pvs_per_ioc, (k + 1) * pvs_per_ioc)`` with value
+        ``float(i)`` — so every scalar's value is its index in :attr:`all_names` when there are no
+        counters — and counters ``c0`` ... .  Other keyword arguments go to :class:`IOCSet`.
+        """
+        base = unique_prefix(tag)
+        prefixes = [f"{base}{k}:" for k in range(n_iocs)]
+        dbs = [db_scalars(p, pvs_per_ioc, start=k * pvs_per_ioc)
+               + (db_counters(p, counters_per_ioc, counter_scan) if counters_per_ioc else "")
+               for k, p in enumerate(prefixes)]
+        return cls(dbs, prefixes=prefixes, **kwargs)  # type: ignore[arg-type]
+
+    # -- state ---------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.iocs)
+
+    def __getitem__(self, k: int) -> IOC:
+        return self.iocs[k]
+
+    def __iter__(self) -> "Iterator[IOC]":
+        return iter(self.iocs)
+
+    def __repr__(self) -> str:
+        up = sum(ioc.running for ioc in self.iocs)
+        return f"<IOCSet {self.name!r} {up}/{len(self)} IOCs running, repeater port {self.repeater.port}>"
+
+    @property
+    def repeater_port(self) -> int:
+        """The shared CA repeater port (UDP, 127.0.0.1)."""
+        return self.repeater.port
+
+    @property
+    def ports(self) -> list[int]:
+        """CA server port of each IOC (TCP and UDP, 127.0.0.1)."""
+        return [ioc.port for ioc in self.iocs]
+
+    @property
+    def running(self) -> list[bool]:
+        """Whether each IOC process is alive."""
+        return [ioc.running for ioc in self.iocs]
+
+    @property
+    def all_names(self) -> list[str]:
+        """Every PV of every IOC: ``names[0] + names[1] + ...``."""
+        return [pv for pvs in self.names for pv in pvs]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The client environment: :func:`loopback_env` with ``EPICS_CA_ADDR_LIST`` listing every IOC
+        (``"127.0.0.1:P1 127.0.0.1:P2 ..."``) and the shared repeater port.
+
+        ``EPICS_CA_SERVER_PORT``/``EPICS_CAS_SERVER_PORT`` are IOC 0's port (clients do not use them:
+        every address list entry carries its port).  Read it after :meth:`start`: an IOC whose
+        port was taken moves to another one while it starts.
+        """
+        env = loopback_env(self.iocs[0].port, self.repeater.port, self.max_array_bytes)
+        env["EPICS_CA_ADDR_LIST"] = " ".join(f"{LOOPBACK}:{ioc.port}" for ioc in self.iocs)
+        return env
+
+    def process_env(self, base: "Optional[Mapping[str, str]]" = None) -> dict[str, str]:
+        """A whole environment for a client subprocess: *base* (default ``os.environ``) without any
+        ``EPICS_*`` variable, plus :attr:`env`.
+        """
+        base = os.environ if base is None else base
+        out = {k: v for k, v in base.items() if not k.startswith("EPICS_")}
+        out.update(self.env)
+        return out
+
+    def apply_env(self, environ: MutableMapping[str, str] = os.environ) -> None:
+        """Write :attr:`env` into *environ* (default ``os.environ``), minus the name-server variables.
+
+        libca reads the environment once per process: this only helps a process (or the workers of
+        a ``capar.Coordinator`` created afterwards) that has no CA context yet.
+        """
+        for key in _LEAKY_VARS:
+            environ.pop(key, None)
+        environ.update(self.env)
+
+    def ioc_of(self, pv: str) -> int:
+        """Index of the IOC that serves record *pv* (``KeyError`` if none)."""
+        return self._owner[pv.split(".", 1)[0]]
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def start(self) -> "IOCSet":
+        """Start the repeater, then every IOC in parallel threads; wait until all accept connections.
+
+        On any failure every IOC is stopped and one RuntimeError names each IOC that failed.
+        """
+        t0 = time.monotonic()
+        _live.add(self)  # type: ignore[arg-type]
+        try:
+            self.repeater.start()
+            _in_threads(lambda k: self.iocs[k].start(), len(self.iocs), f"{self.name} start")
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every IOC (in parallel), then the repeater; idempotent.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds each step of each stop may take (see :meth:`IOC.stop`).
+        """
+        for ioc in self.iocs:
+            ioc.resume()  # a suspended IOC could only be killed
+        try:
+            _in_threads(lambda k: self.iocs[k].stop(timeout), len(self.iocs), f"{self.name} stop")
+        finally:
+            self.repeater.stop(timeout)
+            _live.discard(self)  # type: ignore[arg-type]
+
+    def kill(self, k: int) -> None:
+        """Kill IOC *k* with SIGKILL (a crash: its clients see their circuits drop); its port is
+        kept for :meth:`restart`."""
+        self.iocs[k].kill()
+
+    def restart(self, k: int) -> None:
+        """Start IOC *k* again on the same port (after :meth:`kill`, or stop-and-start while it runs)."""
+        self.iocs[k].restart()
+
+    def suspend(self, k: int) -> None:
+        """Freeze IOC *k* (SIGSTOP, see :meth:`IOC.suspend`) until :meth:`resume`."""
+        self.iocs[k].suspend()
+
+    def resume(self, k: int) -> None:
+        """Let IOC *k* run again after :meth:`suspend` (SIGCONT)."""
+        self.iocs[k].resume()
+
+    def client_circuits(self) -> list[int]:
+        """:meth:`IOC.client_circuits` of each IOC (0 for an IOC that is not running)."""
+        return [ioc.client_circuits() if ioc.running else 0 for ioc in self.iocs]
+
+    def client(self, name: Optional[str] = None) -> "ClientProcess":
+        """A started :class:`ClientProcess` with :attr:`env` (stop it, or use it in ``with``)."""
+        return ClientProcess(self.env, name=name or f"{self.name}-client").start()
+
+    def __enter__(self) -> "IOCSet":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# a Python process with its own CA environment, driven by the test
+# --------------------------------------------------------------------------------------------------
+
+# Protocol: frames of <8-byte little-endian length><pickle>.  Request (id, code, variables) or None
+# (quit); reply (id, "ok", value) or (id, "error", traceback text).  fd 1 is re-pointed to stderr (the
+# log file) so that whatever libca or the code prints cannot corrupt the protocol.  EOF on stdin, or
+# None: normal interpreter exit (capar's exit hooks run).
+_CLIENT_SCRIPT = r'''
+import ast, os, pickle, signal, struct, sys, traceback
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+proto = os.dup(1)
+os.dup2(2, 1)
+inp = sys.stdin.buffer
+
+def read_exact(n):
+    buf = b""
+    while len(buf) < n:
+        chunk = inp.read(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+def send(obj):
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        data = pickle.dumps((obj[0], "error", "result cannot be pickled: %r" % (exc,)))
+    view = memoryview(struct.pack("<Q", len(data)) + data)
+    while view:
+        view = view[os.write(proto, view):]
+
+ns = {"__name__": "__capar_client__"}
+exec("import capar, numpy, numpy as np, time, os, sys", ns)
+send((0, "ok", os.getpid()))
+while True:
+    head = read_exact(8)
+    if head is None:
+        break
+    body = read_exact(struct.unpack("<Q", head)[0])
+    if body is None:
+        break
+    req = pickle.loads(body)
+    if req is None:
+        break
+    rid, code, variables = req
+    try:
+        ns.update(variables)
+        tree = ast.parse(code, "<client>", "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, "<client>", "exec"), ns)
+        value = eval(compile(last, "<client>", "eval"), ns) if last is not None else None
+        send((rid, "ok", value))
+    except BaseException:
+        send((rid, "error", traceback.format_exc()))
+sys.stdout.flush()
+sys.stderr.flush()
+'''
+
+
+class ClientError(Exception):
+    """Code run in a :class:`ClientProcess` raised; the message is the remote traceback."""
+
+
+class ClientProcess:
+    """A fresh Python process with its own EPICS environment that runs code sent by the caller.
+
+    libca reads the environment once per process, so a client of IOCs other than those in this
+    process's environment must live in another process.  :meth:`run` executes a code block in a
+    namespace that persists between calls (``capar``, ``numpy``/``np``, ``time``, ``os``, ``sys``
+    are imported) and returns the value of its last line when that is an expression (pickled back),
+    so Groups, Monitors and Coordinators made by one call are used by the next::
+
+        with ClientProcess(iocs.env) as c:
+            c.run("g = capar.Group(names, connection_timeout=10)", names=names)
+            snap = c.run("g.get(timeout=5)")        # a capar Snapshot, unpickled here
+
+    The process ignores SIGINT and exits (normally: capar's exit hooks run) at :meth:`stop` or when
+    this process dies (EOF on its stdin).  Its stdout and stderr go to a log file (:meth:`log_text`).
+
+    Parameters
+    ----------
+    env : mapping of str to str
+        EPICS variables of the client (e.g. :attr:`IOCSet.env`); every ``EPICS_*`` variable of this
+        process is left out of the child's environment.
+    name : str
+        Label used in error messages.
+    """
+
+    def __init__(self, env: "Mapping[str, str]", *, name: str = "client") -> None:
+        self.env = dict(env)
+        self.name = name
+        self.process: Optional[subprocess.Popen] = None
+        self.returncode: Optional[int] = None
+        self.log_path = ""
+        self._workdir: Optional[str] = None
+        self._replies: "queue.Queue[Optional[tuple]]" = queue.Queue()
+        self._reader: Optional[threading.Thread] = None
+        self._req = 0
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> Optional[int]:
+        """Pid of the client process (None before :meth:`start`)."""
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the client process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def __repr__(self) -> str:
+        return f"<ClientProcess {self.name!r} {'pid=' + str(self.pid) if self.running else 'stopped'}>"
+
+    def start(self, timeout: float = 60.0) -> "ClientProcess":
+        """Start the process and wait (at most *timeout* seconds) until it has imported capar."""
+        if self.process is not None:
+            return self
+        self._workdir = tempfile.mkdtemp(prefix=f"capar-{self.name}-")
+        self.log_path = os.path.join(self._workdir, "client.log")
+        # the log outlives stop() (for failure messages); removed by cleanup(), at GC or at exit
+        weakref.finalize(self, shutil.rmtree, self._workdir, ignore_errors=True)
+        env = _child_env(self.env)
+        for key in _LEAKY_VARS:
+            env.pop(key, None)
+        _live.add(self)  # type: ignore[arg-type]
+        with open(self.log_path, "wb") as logf:
+            self.process = subprocess.Popen([sys.executable, "-u", "-c", _CLIENT_SCRIPT],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
+                                            env=env)
+        assert self.process.stdout is not None
+        self._reader = threading.Thread(target=_read_frames, args=(self.process.stdout, self._replies),
+                                        name=f"capar-{self.name}-replies", daemon=True)
+        self._reader.start()
+        try:
+            self._wait_reply(0, timeout, "start-up")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def run(self, code: str, timeout: float = 60.0, **variables: object) -> object:
+        """Run *code* in the client; return the value of its last line if that is an expression.
+
+        Parameters
+        ----------
+        code : str
+            Python statements (dedented); names bound persist for later calls.
+        timeout : float
+            Seconds to wait for the answer (the code keeps running in the client after a timeout).
+        **variables
+            Values (pickled) bound in the client's namespace before *code* runs.
+
+        Raises
+        ------
+        ClientError
+            The code raised; the message holds the remote traceback.
+        TimeoutError
+            No answer within *timeout* seconds.
+        RuntimeError
+            The client process is gone (the message holds its log tail).
+        """
+        import pickle
+        import struct
+        import textwrap
+
+        with self._lock:
+            proc = self.process
+            if proc is None or proc.poll() is not None or proc.stdin is None:
+                raise RuntimeError(f"{self.name}: client process is not running\n{self.log_tail()}")
+            self._req += 1
+            rid = self._req
+            data = pickle.dumps((rid, textwrap.dedent(code), variables), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                proc.stdin.write(struct.pack("<Q", len(data)) + data)
+                proc.stdin.flush()
+            except OSError as exc:
+                raise RuntimeError(f"{self.name}: client stdin closed: {exc}\n{self.log_tail()}") from None
+            return self._wait_reply(rid, timeout, code)
+
+    def _wait_reply(self, rid: int, timeout: float, what: str) -> object:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no answer within {timeout} s to: {what.strip()[:200]}")
+            try:
+                frame = self._replies.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if frame is None:
+                self._replies.put(None)
+                raise RuntimeError(f"{self.name}: client process exited during: {what.strip()[:200]}\n"
+                                   f"{self.log_tail()}")
+            got, kind, value = frame
+            if got is None:
+                raise ClientError(f"{self.name}: {value}")
+            if got != rid:
+                continue  # the late answer of a request that timed out
+            if kind == "error":
+                raise ClientError(f"{self.name}: {value}")
+            return value
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """Ask the client to exit, wait *timeout* seconds, then SIGTERM/SIGKILL; idempotent.
+
+        Returns
+        -------
+        int or None
+            The exit status (0 after a normal exit; negative: killed by that signal).
+        """
+        import pickle
+        import struct
+
+        proc = self.process
+        if proc is not None:
+            with self._lock:
+                try:
+                    if proc.stdin is not None and proc.poll() is None:
+                        data = pickle.dumps(None)
+                        proc.stdin.write(struct.pack("<Q", len(data)) + data)
+                        proc.stdin.flush()
+                except (OSError, ValueError):
+                    pass
+            _stop_popen(proc, timeout, close_stdin=True)
+            if self._reader is not None:
+                self._reader.join(timeout)
+                self._reader = None
+            if proc.stdout is not None:
+                proc.stdout.close()
+            self.returncode = proc.returncode
+            self.process = None
+        _live.discard(self)  # type: ignore[arg-type]
+        return self.returncode
+
+    def log_text(self) -> str:
+        """Everything the client printed on stdout and stderr so far."""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def log_tail(self, nlines: int = 40) -> str:
+        """The last *nlines* lines of :meth:`log_text`."""
+        return "".join(self.log_text().splitlines(keepends=True)[-nlines:]) or "(no client log)"
+
+    def cleanup(self) -> None:
+        """Remove the log file and its directory (after :meth:`stop`)."""
+        if self._workdir is not None and self.process is None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> "ClientProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self.cleanup()
+
+
+def _read_frames(stream: IO[bytes], out: "queue.Queue[Optional[tuple]]") -> None:
+    import pickle
+    import struct
+
+    try:
+        while True:
+            head = stream.read(8)
+            if len(head) < 8:
+                break
+            (size,) = struct.unpack("<Q", head)
+            body = stream.read(size)
+            if len(body) < size:
+                break
+            try:
+                out.put(pickle.loads(body))
+            except Exception as exc:  # e.g. a class this process cannot import
+                out.put((None, "error", f"cannot unpickle the answer: {exc!r}"))
+    except (OSError, ValueError, EOFError):
+        pass
+    finally:
+        out.put(None)
 
 
 # --------------------------------------------------------------------------------------------------
