@@ -43,12 +43,45 @@ def _forkserver_by_default() -> None:
 
     if not sys.platform.startswith("linux") or os.environ.get("CAPAR_KEEP_START_METHOD", "") not in ("", "0"):
         return
-    import multiprocessing.context as mpc
+    if "multiprocessing.context" in sys.modules:
+        _prefer_forkserver(sys.modules["multiprocessing.context"])
+    else:  # patch it when (if ever) the program imports multiprocessing: `import capar` stays light
+        sys.meta_path.insert(0, _AfterImport("multiprocessing.context", _prefer_forkserver))
 
+
+def _prefer_forkserver(mpc: object) -> None:
     default = getattr(mpc, "_default_context", None)
     concrete = getattr(mpc, "_concrete_contexts", {}).get("forkserver")
-    if concrete is not None and isinstance(default, mpc.DefaultContext) and default._actual_context is None:
-        default._default_context = concrete
+    if concrete is not None and getattr(default, "_actual_context", "set") is None:
+        default._default_context = concrete  # type: ignore[union-attr]
+
+
+class _AfterImport:
+    """A one-shot meta-path finder: runs ``hook(module)`` right after module *name* is first executed."""
+
+    def __init__(self, name: str, hook: object) -> None:
+        self.name, self.hook = name, hook
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+        if fullname != self.name:
+            return None
+        import sys
+        from importlib.machinery import PathFinder
+
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = PathFinder.find_spec(fullname, path)  # type: ignore[arg-type]
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return None  # let the normal machinery import it, unpatched
+        exec_module, hook = loader.exec_module, self.hook
+
+        def exec_then_hook(module: object) -> None:
+            exec_module(module)
+            hook(module)  # type: ignore[operator]
+
+        loader.exec_module = exec_then_hook
+        return spec
 
 
 _forkserver_by_default()

@@ -83,7 +83,7 @@ def test_import_capar_imports_no_numpy_and_finding_libca_no_setuptools():
     """`import capar` is lazy (PEP 562); locating libca reads epicscorelibs' dsoinfo, not setuptools."""
     code = ("import sys, capar, capar.ca;"
             "lazy = not any(m in sys.modules for m in ('numpy', 'capar.pv', 'capar.ca.channel', "
-            "'multiprocessing.pool'));"
+            "'multiprocessing'));"
             "from capar.ca.libca import libca_path, _libcom_path;"
             "paths = [libca_path(), _libcom_path()];"
             "print(lazy, 'setuptools' in sys.modules or 'setuptools_dso' in sys.modules, "
@@ -111,3 +111,17 @@ def test_lazy_capar_ca_names_match_their_modules():
         capar.no_such_name  # noqa: B018
     with pytest.raises(AttributeError):
         ca.no_such_name  # noqa: B018
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver default on Linux only")
+@pytest.mark.parametrize("code, expected", [
+    ("import capar, multiprocessing as mp; mp.Lock()", "forkserver"),       # capar first: patched on import
+    ("import multiprocessing as mp, capar; mp.Lock()", "forkserver"),       # multiprocessing first
+    ("import capar, multiprocessing as mp; mp.set_start_method('spawn')", "spawn"),  # the program's choice
+    ("import multiprocessing as mp; mp.Lock(); import capar", "fork"),      # default already resolved
+])
+def test_forkserver_becomes_only_the_default_start_method(code, expected):
+    out = subprocess.run([sys.executable, "-c", code + "; print(mp.get_start_method())"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
