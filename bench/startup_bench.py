@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=15, help="runs per client (default 15)")
     args = ap.parse_args(argv)
     cref, msg = build_cref()
+    # byte-compile capar as `pip install` does (an editable install compiles on first import, and not at
+    # all under PYTHONDONTWRITEBYTECODE=1, which would time the compiler instead of the import)
+    import compileall
+
+    import capar
+
+    compileall.compile_dir(os.path.dirname(capar.__file__), quiet=1)
     h = header()
     print(f"# start-up bench {h['date']}  {h['machine']} {h['nproc']} cores  Python {h['python']}  "
           f"capar {h['versions']['capar']}  pyepics {h['versions']['pyepics']}  C reference: {msg}")
