@@ -302,6 +302,7 @@ def _watch():
     finally:
         os._exit(0)
 threading.Thread(target=_watch, daemon=True).start()
+sys.argv[1:] = ["--foreground"]  # keep stdin: its EOF is how this repeater learns that its parent died
 runpy.run_module("capar.ca.repeater", run_name="__main__", alter_sys=True)
 '''
 
