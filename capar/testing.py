@@ -595,6 +595,33 @@ class IOC:
         """
         return sum(int(n) for n in re.findall(r"(\d+) Channels?\b", self.shell("casr 1", timeout)))
 
+    def process_channels(self, pid: Optional[int] = None, timeout: float = 10.0) -> int:
+        """Channels the IOC's CA server holds for the circuits of process *pid* (default: this one).
+
+        Unlike :meth:`client_channels` it does not count other clients (e.g. worker processes of an
+        earlier test whose circuits are still closing).
+
+        Parameters
+        ----------
+        pid : int, optional
+            Client process id; ``os.getpid()`` when omitted.
+        timeout : float
+            Seconds to wait for the ``casr`` answer.
+        """
+        pid = os.getpid() if pid is None else pid
+        owners = _tcp_owners(self.port)
+        return sum(n for addr, n in self.clients(timeout) if owners.get(addr) == pid)
+
+    def wait_process_channels(self, expected: int, pid: Optional[int] = None, timeout: float = 10.0) -> int:
+        """Wait until :meth:`process_channels` equals *expected* or *timeout* seconds pass; return the last
+        count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self.process_channels(pid)
+            if n == expected or time.monotonic() > deadline:
+                return n
+            time.sleep(0.05)
+
     def wait_client_channels(self, expected: int, timeout: float = 10.0) -> int:
         """Wait until :meth:`client_channels` equals *expected* (clears reach the server asynchronously)
         or *timeout* seconds pass; return the last count.

@@ -18,6 +18,7 @@ import time
 import psutil
 import pytest
 
+import capar
 import capar.testing as testing
 from capar.testing import (
     IOC, db_all_types, db_counters, db_scalars, db_waveforms, free_port, loopback_env,
@@ -515,3 +516,12 @@ def test_client_channels_counts_what_clients_hold(ioc: IOC, prefix: str) -> None
         assert g.connected.all()
         assert ioc.wait_client_channels(before + 10) == before + 10
     assert ioc.wait_client_channels(before) == before
+
+
+def test_process_channels_counts_only_this_process(ioc: IOC, prefix: str) -> None:
+    before = ioc.process_channels()
+    with capar.Group([prefix + f"s{i}" for i in range(1900, 1912)]) as g:
+        assert g.connected.all()
+        assert ioc.wait_process_channels(before + 12) == before + 12
+        assert ioc.process_channels(pid=1) == 0  # init holds no circuit
+    assert ioc.wait_process_channels(before) == before
