@@ -46,7 +46,9 @@ def _forkserver_by_default() -> None:
     if "multiprocessing.context" in sys.modules:
         _prefer_forkserver(sys.modules["multiprocessing.context"])
     else:  # patch it when (if ever) the program imports multiprocessing: `import capar` stays light
-        sys.meta_path.insert(0, _AfterImport("multiprocessing.context", _prefer_forkserver))
+        from importlib.machinery import PathFinder  # imported now, not under the import lock later
+
+        sys.meta_path.insert(0, _AfterImport("multiprocessing.context", _prefer_forkserver, PathFinder))
 
 
 def _prefer_forkserver(mpc: object) -> None:
@@ -57,20 +59,20 @@ def _prefer_forkserver(mpc: object) -> None:
 
 
 class _AfterImport:
-    """A one-shot meta-path finder: runs ``hook(module)`` right after module *name* is first executed."""
+    """A one-shot meta-path finder: runs ``hook(module)`` right after module *name* is first executed.
 
-    def __init__(self, name: str, hook: object) -> None:
-        self.name, self.hook = name, hook
+    It stays in ``sys.meta_path`` once used (a string comparison per import): removing it could make
+    another thread's import, which is walking the list, skip the next finder.
+    """
+
+    def __init__(self, name: str, hook: object, path_finder: object) -> None:
+        self.name, self.hook, self.path_finder, self.done = name, hook, path_finder, False
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
-        if fullname != self.name:
+        if fullname != self.name or self.done:
             return None
-        import sys
-        from importlib.machinery import PathFinder
-
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = PathFinder.find_spec(fullname, path)  # type: ignore[arg-type]
+        self.done = True
+        spec = self.path_finder.find_spec(fullname, path)  # type: ignore[attr-defined]
         loader = getattr(spec, "loader", None)
         if loader is None or not hasattr(loader, "exec_module"):
             return None  # let the normal machinery import it, unpatched
@@ -87,8 +89,12 @@ class _AfterImport:
 _forkserver_by_default()
 
 
+#: submodules reachable as attributes after a bare `import capar` (pyepics scripts use `epics.pv.get_pv`)
+_SUBMODULES = ("pv", "bulk", "snapshot", "monitor", "parallel", "request", "testing", "cli", "demo")
+
+
 def __getattr__(name: str) -> object:
-    mod = _LAZY.get(name)
+    mod = _LAZY.get(name) or (f"capar.{name}" if name in _SUBMODULES else None)
     if mod is None:
         raise AttributeError(f"module 'capar' has no attribute {name!r}")
     import importlib

@@ -107,6 +107,8 @@ def test_lazy_capar_ca_names_match_their_modules():
     for name in capar.__all__:
         assert getattr(capar, name) is not None, name
     assert capar.dbr is dbr and capar.ca is ca
+    assert capar.pv.get_pv is capar.get_pv  # pyepics scripts use epics.pv.get_pv after `import epics`
+    assert capar.parallel.CAPool is capar.CAPool
     with pytest.raises(AttributeError):
         capar.no_such_name  # noqa: B018
     with pytest.raises(AttributeError):

@@ -213,19 +213,52 @@ def test_guard_detection_on_source():
                 pool = capar.CAPool(2)
         except OSError:
             pass
-        if "__main__" == __name__:
+        with capar.CAPool(2) as pool:
             for i in range(2):
                 y = 2
         if x:
             z = 3
+        while x:
+            z = 4
     """)
     assert _guarded(src, 4)
     assert not _guarded(src, 2)
-    assert not _guarded(src, 6)       # inside a function: the caller's line decides
-    assert not _guarded(src, 9)
-    assert _guarded(src, 14)
-    assert not _guarded(src, 16)
-    assert _guarded("this is not python (", 1)  # unreadable: never refuse on a guess
+    assert not _guarded(src, 9)       # try/with: unconditional
+    assert not _guarded(src, 12)      # a with statement's own header
+    assert not _guarded(src, 14)
+    assert _guarded(src, 16)          # any if may be a guard in disguise: never refuse on a guess
+    assert _guarded(src, 18)
+    assert _guarded(src, 99)          # not a statement line: cannot tell
+    assert _guarded("this is not python (", 1)
+
+
+GUARDED_OTHERWISE = {
+    "flag": "import capar\nIS_MAIN = __name__ == '__main__'\nif IS_MAIN:\n"
+            "    with capar.CAPool(2) as pool:\n        print('ok', pool.map(abs, [-1, -2]))\n",
+    "helper": "import capar\ndef is_main():\n    return __name__ == '__main__'\nif is_main():\n"
+              "    with capar.CAPool(2) as pool:\n        print('ok', pool.map(abs, [-1, -2]))\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GUARDED_OTHERWISE))
+def test_guards_in_other_forms_run(kind, tmp_path):
+    script = tmp_path / f"guard_{kind}.py"
+    script.write_text(GUARDED_OTHERWISE[kind])
+    rc, out, err = _run(script, timeout=60)
+    assert rc == 0, err
+    assert out.split() == ["ok", "[1,", "2]"], out
+
+
+def test_script_run_by_an_exec_launcher_runs(tmp_path):
+    """A launcher that exec()s a guarded job script in __main__: the launcher's line is not the job's."""
+    job = tmp_path / "job.py"
+    job.write_text(GUARDED_OTHERWISE["flag"].replace("IS_MAIN = __name__ == '__main__'\nif IS_MAIN:",
+                                                      "if __name__ == '__main__':"))
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(f"import sys\nexec(compile(open({str(job)!r}).read(), {str(job)!r}, 'exec'))\n")
+    rc, out, err = _run(launcher, timeout=60)
+    assert rc == 0, err
+    assert out.split() == ["ok", "[1,", "2]"], out
 
 
 def test_check_main_guard_is_quiet_for_fork_and_outside_main():
@@ -258,3 +291,61 @@ def test_queue_made_before_import_capar_gets_an_explanation(tmp_path):
     rc, out, err = _run(script, timeout=30)
     assert rc == 0, err
     assert out.split() == ["explained", "explained"], out
+
+
+def _exit_on_one(x: int) -> int:
+    if x == 1:
+        os._exit(3)
+    time.sleep(0.2)
+    return x
+
+
+def test_broken_pool_fails_imap_and_calls_error_callbacks():
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = CAPool(2)
+    try:
+        errors = []
+        res = pool.apply_async(time.sleep, (30,), error_callback=errors.append)  # keeps one worker busy
+        it = pool.imap(_exit_on_one, [0, 1, 2, 3])
+        got = []
+        while True:
+            try:
+                got.append(it.next(timeout=20))
+            except StopIteration:
+                break
+            except BrokenProcessPool as exc:
+                got.append(type(exc).__name__)
+        # results before the crash, then the error once, then the end (not a wait for results never coming)
+        assert got[-1] == "BrokenProcessPool" and got.count("BrokenProcessPool") == 1, got
+        assert got[:-1] in ([], [0]), got
+        with pytest.raises(BrokenProcessPool):
+            res.get(timeout=20)
+        assert len(errors) == 1 and isinstance(errors[0], BrokenProcessPool)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def test_terminate_after_an_idle_worker_was_killed_does_not_hang():
+    """A worker SIGKILLed while it waits for a task holds the task queue's lock for good."""
+    import signal
+    import threading
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = CAPool(1)
+    assert pool.map(abs, [-1]) == [1]
+    worker = pool._pool[0]
+    time.sleep(0.2)  # idle: blocked reading the task queue, holding its lock
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(10)
+    with pytest.raises(BrokenProcessPool, match="code -9"):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the pool notices the death through the worker's sentinel
+            pool.apply_async(abs, (1,)).get(timeout=10)
+            time.sleep(0.05)
+    done = threading.Thread(target=pool.terminate, daemon=True)
+    done.start()
+    done.join(20)
+    assert not done.is_alive(), "terminate() hung on the dead worker's lock"
+    pool.join()

@@ -20,6 +20,7 @@ import multiprocessing.pool
 import os
 import signal
 import sys
+import time
 import warnings
 import weakref
 from concurrent.futures.process import BrokenProcessPool
@@ -60,41 +61,36 @@ class UnguardedMainError(RuntimeError):
     """Processes were started from a script's top level without ``if __name__ == "__main__":``."""
 
 
-_GUARD_WORDS = ("__name__", "__main__", "current_process", "parent_process", "MainProcess")
-
-
-def _is_guard(test: ast.expr) -> bool:
-    """True if an ``if`` test looks like a main-module guard (``__name__ == "__main__"`` and kin)."""
-    for node in ast.walk(test):
-        if isinstance(node, ast.Name) and node.id in _GUARD_WORDS:
-            return True
-        if isinstance(node, ast.Attribute) and node.attr in _GUARD_WORDS:
-            return True
-        if isinstance(node, ast.Constant) and node.value in _GUARD_WORDS:
-            return True
-    return False
-
-
 def _guarded(source: str, lineno: int) -> bool:
-    """True if line *lineno* of a module's *source* lies inside an ``if`` that guards the main module."""
+    """False only if line *lineno* of a module's *source* runs unconditionally at the module's top level.
+
+    That line is then certainly re-run by every forkserver/spawn child.  Any ``if``/``while``/``match`` on
+    the way to it may be a main guard in some form (``if __name__ == "__main__":``, ``if IS_MAIN:``,
+    ``if is_main():`` ...), so it counts as guarded: the check never refuses a script on a guess, and a
+    guard it cannot see through is caught in the child (see :func:`check_main_guard`).
+    """
     try:
         body: list[ast.stmt] = ast.parse(source).body
     except (SyntaxError, ValueError):
-        return True  # cannot tell: never refuse a script on a guess
+        return True
+    conditional = (ast.If, ast.While) + ((ast.Match,) if hasattr(ast, "Match") else ())
+    top = True
     while body:
         stmt = next((st for st in body if st.lineno <= lineno <= (st.end_lineno or st.lineno)), None)
         if stmt is None:
-            return False
-        if isinstance(stmt, ast.If) and _is_guard(stmt.test):
+            # at the top: not a statement line (the file changed since it ran?), cannot tell; inside an
+            # unconditional compound statement: its header, e.g. `with CAPool(2) as pool:`
+            return top
+        top = False
+        if isinstance(stmt, conditional):
             return True
-        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            return False
-        body = [st for field in ("body", "orelse", "finalbody", "handlers") for st in getattr(stmt, field, ())
-                if isinstance(st, ast.stmt)]
+        inner: list[ast.stmt] = [st for field in ("body", "orelse", "finalbody")
+                                 for st in getattr(stmt, field, ()) if isinstance(st, ast.stmt)]
         for handler in getattr(stmt, "handlers", ()):
-            body.extend(handler.body)
-        for case in getattr(stmt, "cases", ()):
-            body.extend(case.body)
+            inner.extend(handler.body)
+        if not inner or isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            return False  # a simple statement (or a definition) at the top level, reached unconditionally
+        body = inner
     return False
 
 
@@ -130,14 +126,10 @@ def check_main_guard(what: str, start_method: str) -> None:
         return  # interactive, -c, or a package's __main__: children do not re-run it
     path = os.path.abspath(path)
     frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if (code.co_name == "<module>" and frame.f_globals is vars(main)
-                and os.path.abspath(code.co_filename) == path):
-            break
+    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
         frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
-        return  # not started from the main script's top level (a thread, a callback ...)
+    if frame is None or os.path.abspath(frame.f_code.co_filename) != path:
+        return  # not from the main script's top level (a thread, a callback, code exec'd by a launcher)
     try:
         with open(path, encoding="utf-8") as fh:
             source = fh.read()
@@ -262,8 +254,9 @@ class _WorkerFactory:
                 w = dead[0]
                 pool._break(f"a CAPool worker (pid {w.pid}) exited with code {w.exitcode}; the pool is broken "
                             f"(the worker's traceback, if any, went to stderr).  A worker that dies while "
-                            f"starting is usually an initializer that raised, or a script that starts "
-                            f"processes without  if __name__ == \"__main__\":")
+                            f"starting is usually an initializer that raised, a script that starts "
+                            f"processes without  if __name__ == \"__main__\":, or (Python < 3.11) a "
+                            f"Queue/Lock made in the 'fork' context before `import capar`")
             if pool.broken is not None:
                 return _NoWorker()
         w = ctx.Process(*args, **kwds)
@@ -272,17 +265,26 @@ class _WorkerFactory:
 
 
 def _fail_job(job: Any, exc: BaseException) -> None:
-    """Finish a pending Pool result with *exc* (what its ``get()``/``next()`` will raise)."""
+    """Finish a pending Pool result with *exc*: ``get()`` raises it, ``next()`` raises it then stops,
+    ``error_callback`` gets it; results still in flight no longer touch the job."""
+    job._set = lambda i, obj: None
     if isinstance(job, multiprocessing.pool.IMapIterator):
+        job._set_length = lambda length: None
         with job._cond:
             job._items.append((False, exc))
-            job._length = job._index + 1  # nothing more will come
+            job._index += 1
+            job._length = job._index  # nothing more will come
             job._cond.notify()
-        job._cache.pop(job._job, None)
-        return
-    job._success, job._value = False, exc
+    else:
+        job._success, job._value = False, exc
+        if job._error_callback is not None:
+            try:
+                job._error_callback(exc)
+            except Exception:  # noqa: BLE001 - as multiprocessing ignores a failing callback's error
+                pass
+        job._event.set()
     job._cache.pop(job._job, None)
-    job._event.set()
+    job._pool = None
 
 
 class CAPool(multiprocessing.pool.Pool):
@@ -321,6 +323,7 @@ class CAPool(multiprocessing.pool.Pool):
             raise
 
     def _break(self, reason: str) -> None:
+        """Fail every pending call with BrokenProcessPool and stop the workers left (useless now)."""
         self.broken = reason
         exc = BrokenProcessPool(reason)
         for job in list(self._cache.values()):
@@ -328,6 +331,20 @@ class CAPool(multiprocessing.pool.Pool):
                 _fail_job(job, exc)
             except Exception:  # noqa: BLE001 - a result that finished meanwhile
                 pass
+        for w in list(self._pool):
+            if w.exitcode is None and not isinstance(w, _NoWorker):
+                w.terminate()
+
+    @staticmethod
+    def _help_stuff_finish(inqueue: Any, task_handler: Any, size: int) -> None:
+        # multiprocessing's version waits for the task queue's read lock without a timeout; a worker
+        # killed while it waited for a task holds that lock for good, and terminate() -- the `with`
+        # exit -- then hangs.  Wait at most 1 s for it.
+        if not inqueue._rlock.acquire(timeout=1.0):
+            return
+        while task_handler.is_alive() and inqueue._reader.poll():
+            inqueue._reader.recv()
+            time.sleep(0)
 
     def _check_running(self) -> None:
         if self.broken is not None:
