@@ -154,7 +154,7 @@ class Group:
         conn = np.flatnonzero(self.connected)
         per_unique: list[Optional[str]] = [None] * len(self.unique)
         for u, host in zip(conn.tolist(), self._chans.hosts(conn)):
-            per_unique[u] = host
+            per_unique[u] = host or None
         return [per_unique[u] if u >= 0 else None for u in self._map.tolist()]
 
     def close(self) -> None:

@@ -778,6 +778,8 @@ def run() -> None:
     """
     code = main()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the descriptor closed (`capar get PV >&-`)
+            continue
         try:
             stream.flush()
         except BrokenPipeError:  # the reader left: `capar get ... | head -0`

@@ -190,7 +190,8 @@ class BulkChannels:
         """``host:port`` of the server of channels *idx* (libca's ``ca_host_name``; call on connected ones)."""
         lib = self._lib()
         cchids = self._cchids()
-        return [h.decode("utf-8", "replace") for h in map(lib.ca_host_name, [cchids[i] for i in idx.tolist()])]
+        out = [h.decode("utf-8", "replace") for h in map(lib.ca_host_name, [cchids[i] for i in idx.tolist()])]
+        return [h if h != "<disconnected>" else "" for h in out]  # lost since the caller looked: "" 
 
     def info(self, connected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(native field type, element count) of every channel; -1 / 0 where not connected."""

@@ -18,27 +18,32 @@ import sys
 __all__ = ["main", "detach"]
 
 
-def _max_fd() -> int:
+def _open_fds() -> list[int]:
+    """This process's open descriptors (/proc/self/fd; a bounded range where there is no /proc)."""
     try:
-        return int(os.sysconf("SC_OPEN_MAX"))
-    except (ValueError, OSError):
-        return 1024
+        return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    except OSError:
+        return list(range(3, 256))  # not every fd up to SC_OPEN_MAX: that can be 10^9 in a container
 
 
 def detach() -> None:
-    """Give up the spawning client's stdio, other fds, session and directory (POSIX; a no-op elsewhere)."""
+    """Give up the spawning client's stdio, other descriptors and session (POSIX; a no-op elsewhere)."""
     if os.name != "posix":
         return
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         if fd != null:
             os.dup2(null, fd)
-    os.closerange(3, _max_fd())  # libca closes them before exec; a repeater started by hand may have more
+    for fd in _open_fds():  # libca closes them before exec; a repeater started by hand may have more
+        if fd > 2:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     try:
         os.setsid()  # no controlling terminal: no SIGHUP/SIGINT from the client's terminal
     except OSError:
         pass  # already a session leader
-    os.chdir("/")  # do not keep the client's directory busy
 
 
 def main() -> None:
@@ -46,11 +51,14 @@ def main() -> None:
 
     ``caRepeater --foreground`` keeps stdio, session and directory (for running it by hand).
     """
-    if "--foreground" not in sys.argv[1:]:
+    foreground = "--foreground" in sys.argv[1:]
+    if not foreground:
         detach()
     from .libca import load
 
     lib = load()
+    if not foreground:
+        os.chdir("/")  # do not keep the client's directory busy (after the imports: sys.path may be relative)
     try:
         lib.ca_repeater()
     except KeyboardInterrupt:
