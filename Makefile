@@ -36,6 +36,9 @@ bench: $(VENV)/.stamp-bench
 	$(PY) bench/coordinator_bench.py
 	$(PY) bench/monitor_bench.py --n 1000,5000
 	$(PY) bench/monitor_bench.py --n 20000 --clients C,capar,capar_k2
+	$(PY) bench/startup_bench.py
+	$(PY) bench/multi_ioc_bench.py
+	$(PY) bench/multi_ioc_bench.py --iocs 1 --pvs 20000
 
 clean:
 	rm -rf $(VENV) build *.egg-info
