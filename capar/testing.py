@@ -75,6 +75,7 @@ __all__ = [
     "IOCSet",
     "ClientProcess",
     "record_names",
+    "stop_processes",
     "db_all_types",
     "db_scalars",
     "db_counters",
@@ -93,6 +94,32 @@ LOOPBACK = "127.0.0.1"
 _issued_lock = threading.Lock()
 _issued_ports: set[int] = set()
 _issued_prefixes: set[str] = set()
+
+
+def stop_processes(procs: "Iterable[psutil.Process]", grace: float = 3.0, terminate: bool = True) -> list:
+    """Stop processes by pid: SIGTERM (unless *terminate* is False: they are expected to leave by
+    themselves), wait *grace* seconds, SIGKILL the rest and reap them.
+
+    Returns
+    -------
+    list[psutil.Process]
+        The processes that were still alive after *grace* seconds (and were killed).
+    """
+    procs = list(procs)
+    if terminate:
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return alive
 
 
 def free_port() -> int:
@@ -615,23 +642,13 @@ class IOC:
     def wait_process_channels(self, expected: int, pid: Optional[int] = None, timeout: float = 10.0) -> int:
         """Wait until :meth:`process_channels` equals *expected* or *timeout* seconds pass; return the last
         count."""
-        deadline = time.monotonic() + timeout
-        while True:
-            n = self.process_channels(pid)
-            if n == expected or time.monotonic() > deadline:
-                return n
-            time.sleep(0.05)
+        return _poll_until(lambda: self.process_channels(pid), expected, timeout)
 
     def wait_client_channels(self, expected: int, timeout: float = 10.0) -> int:
         """Wait until :meth:`client_channels` equals *expected* (clears reach the server asynchronously)
         or *timeout* seconds pass; return the last count.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            n = self.client_channels()
-            if n == expected or time.monotonic() > deadline:
-                return n
-            time.sleep(0.05)
+        return _poll_until(self.client_channels, expected, timeout)
 
     def clients(self, timeout: float = 10.0) -> list[tuple[str, int]]:
         """The CA clients the IOC's server holds a TCP circuit for, from ``casr 1``.
@@ -666,12 +683,7 @@ class IOC:
         """Wait until :meth:`client_circuits` equals *expected* (circuits close asynchronously) or
         *timeout* seconds pass; return the last count.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            n = self.client_circuits()
-            if n == expected or time.monotonic() > deadline:
-                return n
-            time.sleep(0.05)
+        return _poll_until(self.client_circuits, expected, timeout)
 
     def client_pids(self, timeout: float = 10.0) -> list[Optional[int]]:
         """Pids of the local processes at the client end of each circuit of :meth:`clients`.
@@ -959,6 +971,16 @@ def _parse_casr_clients(text: str) -> list[tuple[str, int]]:
     if current is not None:
         out.append((current, 0))
     return out
+
+
+def _poll_until(count: "Callable[[], int]", expected: int, timeout: float) -> int:
+    """Call *count* every 50 ms until it returns *expected* or *timeout* seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = count()
+        if n == expected or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
 
 
 def _tcp_owners(server_port: int) -> dict[str, int]:

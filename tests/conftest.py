@@ -12,7 +12,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from capar.testing import IOC, db_all_types, db_counters, db_scalars, unique_prefix
+from capar.testing import IOC, db_all_types, db_counters, db_scalars, stop_processes, unique_prefix
 
 N_SCALARS = 2000
 N_COUNTERS = 20
@@ -55,17 +55,7 @@ def _no_leftover_children() -> Iterator[None]:
             except psutil.Error:
                 lines.append(f"  pid {proc.pid}: (gone)")
         problems.append("child processes left at the end of the test session:\n" + "\n".join(lines))
-        for proc in left:  # clean up what this session started, by pid
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _, still = psutil.wait_procs(left, timeout=3.0)
-        for proc in still:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+        stop_processes(left)  # clean up what this session started, by pid
     orphans = _orphan_repeaters(since, known)
     for proc in orphans:  # spawned for a process of this session: stop it by pid
         try:

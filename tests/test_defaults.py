@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from capar.ca.context import DEFAULT_MAX_ARRAY_BYTES
+from capar.testing import stop_processes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -157,18 +158,7 @@ class RepeaterGuard:
 
     def stop(self) -> list[int]:
         procs = self.ours()
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=3.0)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=3.0)
+        stop_processes(procs)
         return [p.pid for p in procs]
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from capar.parallel import CAPool
 from capar.parallel.process import UnguardedMainError, _guarded, _NoWorker, check_main_guard
+from capar.testing import stop_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver start method")
 
@@ -45,12 +46,7 @@ def _run(path, env=None, timeout=60.0):
             except (psutil.Error, OSError):
                 continue
         # multiprocessing's forkserver and resource tracker leave when they see the script's pipes close
-        _, left = psutil.wait_procs(left, timeout=5.0)
-        for p in left:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        left = stop_processes(left, grace=5.0, terminate=False)
     assert not left, f"{path} left processes behind: {[p.pid for p in left]}"
     return proc.returncode, out, err
 
