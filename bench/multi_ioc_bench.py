@@ -22,16 +22,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from coordinator_bench import best  # noqa: E402
 from run import best_of, build_cref, client_env, header  # noqa: E402
-
-
-def best(fn, runs: int) -> float:
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return min(out)
 
 
 def main(argv: list[str] | None = None) -> int:
