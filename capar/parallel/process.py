@@ -102,8 +102,10 @@ def check_main_guard(what: str, start_method: str) -> None:
     ``if __name__ == "__main__":`` is then created again in every child, which dies, and a pool would
     replace it forever.  This check runs in the parent before any process starts: it finds the main
     script's top-level statement that is executing now and raises :class:`UnguardedMainError` if that
-    statement is not inside a main guard.  In a child that is re-running the main script (multiprocessing's
-    own ``_inheriting`` state) it raises the same error, whatever the guard looks like.
+    statement runs unconditionally (no ``if``/``while``/``match`` around it: any of them may be a guard,
+    and a valid script is never refused on a guess).  In a child that is re-running the main script
+    (multiprocessing's own ``_inheriting`` state) it raises the same error, whatever the guard looks like;
+    a CAPool whose workers die that way becomes broken.
 
     Parameters
     ----------
