@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from ._version import __version__
 
+import time  # noqa: F401  (pyepics' `from epics import *` hands scripts the time module; some rely on it)
+
 __all__ = [
     "__version__", "ca", "dbr", "caget", "caput", "cainfo", "camonitor", "camonitor_clear", "caget_many",
     "caput_many", "PV", "get_pv", "poll", "CAThread", "withInitialContext", "CAProcess", "CAPool",
     "acquire", "Group", "Snapshot", "Coordinator", "Monitor",
+    # the rest of what pyepics' `from epics import *` gives a script
+    "Alarm", "Device", "Motor", "NO_ALARM", "MINOR_ALARM", "MAJOR_ALARM", "INVALID_ALARM", "alarm", "device",
+    "motor", "multiproc", "pv", "time", "utils", "version",
 ]
+
+# alarm severities (pyepics' top-level constants)
+NO_ALARM, MINOR_ALARM, MAJOR_ALARM, INVALID_ALARM = 0, 1, 2, 3
 
 # Every name is imported on first use (PEP 562): `import capar` costs about a millisecond and imports
 # neither numpy nor any binding module, so `caRepeater` and commands that need little stay small and fast.
@@ -25,6 +33,7 @@ _LAZY = {
     "Snapshot": "capar.snapshot", "CAProcess": "capar.parallel", "CAPool": "capar.parallel",
     "Coordinator": "capar.parallel",
     "Monitor": "capar.monitor",
+    "Alarm": "capar.alarm", "Device": "capar.device", "Motor": "capar.motor",
 }
 
 
@@ -90,7 +99,8 @@ _forkserver_by_default()
 
 
 #: submodules reachable as attributes after a bare `import capar` (pyepics scripts use `epics.pv.get_pv`)
-_SUBMODULES = ("pv", "bulk", "snapshot", "monitor", "parallel", "request", "testing", "cli", "demo")
+_SUBMODULES = ("pv", "bulk", "snapshot", "monitor", "parallel", "request", "testing", "cli", "demo", "alarm",
+               "device", "motor", "multiproc", "utils", "autosave", "version", "compat")
 
 
 def __getattr__(name: str) -> object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 import time
 from types import SimpleNamespace
 from typing import Any, Callable, Optional
@@ -76,6 +77,10 @@ class PV:
     count : maximum number of elements to request.
     connection_callback : called as ``cb(pvname=, conn=, pv=)``.
     connection_timeout : float, seconds (default 2.0).
+    access_callback : called as ``cb(read_access, write_access, pv=)`` on access rights changes.
+    monitor_delta : float or None; for a scalar float/double PV, value callbacks are skipped while the
+        value moved less than this from the last one delivered (a client-side deadband: capar, unlike the
+        MDEL pyepics documents, never writes the record's MDEL, a setting every other client shares).
     """
 
     _fmtsca = "<PV '%(pvname)s', count=%(count)i, type=%(typefull)s, access=%(access)s>"
@@ -84,12 +89,12 @@ class PV:
                "write_access", "read_access", "severity", "timestamp", "posixseconds", "nanoseconds",
                "precision", "units", "enum_strs", "upper_disp_limit", "lower_disp_limit",
                "upper_alarm_limit", "lower_alarm_limit", "lower_warning_limit", "upper_warning_limit",
-               "upper_ctrl_limit", "lower_ctrl_limit")
+               "upper_ctrl_limit", "lower_ctrl_limit", "monitor_delta")
 
     def __init__(self, pvname: str, callback: Any = None, form: str = "time", verbose: bool = False,
                  auto_monitor: Any = None, count: Optional[int] = None,
                  connection_callback: Optional[Callable] = None, connection_timeout: Optional[float] = None,
-                 access_callback: Optional[Callable] = None) -> None:
+                 access_callback: Optional[Callable] = None, monitor_delta: Optional[float] = None) -> None:
         pvname = ca.check_name(pvname.strip() if isinstance(pvname, str) else pvname)
         self.pvname = pvname
         self.form = form.lower() if form in ("native", "time", "ctrl") else "time"
@@ -102,7 +107,8 @@ class PV:
         self._user_max_count = count
         self._args: dict[str, Any] = {}.fromkeys(self._fields)
         self._args.update(pvname=pvname, count=count, nelm=-1, type="unknown", typefull="unknown",
-                          access="unknown")
+                          access="unknown", monitor_delta=monitor_delta)
+        self._monitor_last_value: Any = None
         self.connection_callbacks: list[Callable] = [connection_callback] if connection_callback else []
         self.access_callbacks: list[Callable] = [access_callback] if access_callback else []
         self.callbacks: dict[int, tuple[Callable, dict]] = {}
@@ -119,10 +125,32 @@ class PV:
         self.chid: Any = None
         self.context = ca.context.ensure_context()
         self._epoch = ca.context.registry()
+        self._create_channel()
+
+    def _create_channel(self) -> None:
         self.chid = ca.create_channel(self.pvname, callback=self._on_connect)
         self._args["chid"] = self.chid
+        ca.replace_access_rights_event(self.chid, callback=self._on_access_rights)
         if ca.isConnected(self.chid) and not self.connected:
             self._on_connect(pvname=self.pvname, chid=self.chid.value, conn=True)
+
+    def _on_access_rights(self, read_access: bool, write_access: bool) -> None:
+        self._args["read_access"], self._args["write_access"] = read_access, write_access
+        self._args["access"] = ("no access", "read-only", "write-only", "read/write")[
+            int(read_access) + 2 * int(write_access)]
+        for cb in list(self.access_callbacks):
+            if callable(cb):
+                try:
+                    cb(read_access, write_access, pv=self)
+                except Exception:
+                    log.exception("capar: access callback of %s raised", self.pvname)
+
+    def force_connect(self, pvname: Optional[str] = None, chid: Any = None, conn: bool = True,
+                      **kws: Any) -> None:
+        """Run the connection handling now, as if libca had reported *conn* for the channel."""
+        if chid is not None:
+            self.chid = self._args["chid"] = chid if hasattr(chid, "value") else dbr.chid_t(int(chid))
+        self._on_connect(pvname=pvname, chid=self.chid, conn=conn)
 
     # -- connection ----------------------------------------------------------------------------
     def _check_process(self) -> None:
@@ -165,11 +193,11 @@ class PV:
     def _clear_auto_monitor_subscription(self) -> None:
         if self._monref is None:
             return
-        _, _, evid = self._monref
+        monref = self._monref
         self._monref = None
         self._monref_mask = None
         try:
-            ca.clear_subscription(evid)
+            ca.clear_subscription(monref)
         except ca.CAError:
             pass
 
@@ -232,10 +260,25 @@ class PV:
         self.auto_monitor = False
 
     def reconnect(self) -> bool:
-        """Re-create the monitor and wait for the connection."""
+        """Drop the monitor, run the connection handling again and wait for the connection (seconds:
+        ``connection_timeout``); True when connected.  A PV whose channel was cleared (``ca.clear_cache``)
+        gets a new channel."""
+        self._check_process()
         self._clear_auto_monitor_subscription()
-        self._check_auto_monitor()
+        self.connected = False
+        self._conn_started = False
+        if ca.get_cache(self.pvname) is None or not self._channel_known():
+            self._create_channel()
+        elif ca.isConnected(self.chid):
+            self.force_connect()
         return self.wait_for_connection()
+
+    def _channel_known(self) -> bool:
+        try:
+            ca.channel_entry(self.chid)
+            return True
+        except ca.CAError:
+            return False
 
     def poll(self, evt: float = 1.e-4, iot: float = 1.0) -> None:
         """``ca.poll(evt, iot)`` (seconds)."""
@@ -397,6 +440,12 @@ class PV:
 
     # -- callbacks -------------------------------------------------------------------------------
     def _on_changes(self, value: Any = None, **kwd: Any) -> None:
+        delta = self._args["monitor_delta"]
+        if delta is not None and self._args["count"] == 1 and isinstance(value, float):
+            last = self._monitor_last_value
+            if last is not None and abs(value - last) < delta:
+                return  # client-side deadband (see the class docstring)
+            self._monitor_last_value = value
         self._args.update(kwd)
         self._args["value"] = value
         self._args["timestamp"] = kwd.get("timestamp", time.time())
@@ -545,6 +594,11 @@ class PV:
 
     __hash__ = object.__hash__
 
+    @property
+    def monitor_delta(self) -> Optional[float]:
+        """The client-side deadband of value callbacks (None: every change is delivered)."""
+        return self._args["monitor_delta"]
+
     def disconnect(self, deepclean: bool = True) -> None:
         """Clear the monitor and callbacks; the PV object is unusable afterwards."""
         self._clear_auto_monitor_subscription()
@@ -557,6 +611,8 @@ class PV:
                 entry = ca.channel_entry(self.chid)
                 if self._on_connect in entry.callbacks:
                     entry.callbacks.remove(self._on_connect)
+                if self._on_access_rights in entry.access_callbacks:
+                    entry.access_callbacks.remove(self._on_access_rights)
             except ca.CAError:
                 pass
         cache = _pv_cache()
@@ -568,24 +624,47 @@ class PV:
 def get_pv(pvname: str, form: str = "time", connect: bool = False, context: Any = None, timeout: float = 5.0,
            connection_callback: Optional[Callable] = None, access_callback: Optional[Callable] = None,
            callback: Optional[Callable] = None, verbose: bool = False, count: Optional[int] = None,
-           auto_monitor: Any = None) -> PV:
-    """A cached PV for (name, form, context), created if needed; *timeout* seconds when *connect*."""
+           auto_monitor: Any = None, monitor_delta: Optional[float] = None) -> PV:
+    """A cached PV for (name, form, context), created if needed (pyepics ``get_pv``).
+
+    timeout : float, seconds: the new PV's ``connection_timeout``, and the wait when *connect*.
+    On a cache hit, as pyepics: *connection_callback* and *access_callback* are added (and called at once
+    when connected), *callback* is added and run once, and a true *auto_monitor* turns monitoring on.
+    *context* is deprecated (a warning): only PVs already cached for it are found.
+    """
     if form not in ("native", "time", "ctrl"):
         form = "time"
-    ctx = ca.context.ensure_context()
+    if context is not None:
+        warnings.warn("The `context` kwarg for get_pv() is deprecated. New PVs will _not_ be created in the "
+                      "requested context.", stacklevel=2)
+        ctx = context
+    else:
+        ctx = ca.context.ensure_context()
     name = pvname.pvname if isinstance(pvname, PV) else pvname.strip() if isinstance(pvname, str) else pvname
     key = (name, form, ctx)
     cache = _pv_cache()
     pv = cache.get(key)
     if pv is None:
+        if ctx != ca.context.ensure_context():
+            raise RuntimeError("PV is not in cache for user-requested context")
         pv = PV(name, form=form, callback=callback, connection_callback=connection_callback,
-                access_callback=access_callback, verbose=verbose, count=count, auto_monitor=auto_monitor)
+                access_callback=access_callback, connection_timeout=timeout, verbose=verbose, count=count,
+                auto_monitor=auto_monitor, monitor_delta=monitor_delta)
         cache[key] = pv
     else:
-        if callable(connection_callback) and connection_callback not in pv.connection_callbacks:
+        if callable(connection_callback):
+            if pv.connected:
+                connection_callback(pvname=pv.pvname, conn=pv.connected, pv=pv)
             pv.connection_callbacks.append(connection_callback)
+        if callable(access_callback):
+            if pv.connected:
+                access_callback(pv.read_access, pv.write_access, pv=pv)
+            pv.access_callbacks.append(access_callback)
         if callable(callback):
-            pv.add_callback(callback)
+            idx = pv.add_callback(callback)
+            pv.run_callback(idx)  # type: ignore[arg-type]
+        if auto_monitor and not pv.auto_monitor:
+            pv.auto_monitor = auto_monitor
     if connect and not pv.wait_for_connection(timeout=timeout):
         log.warning("capar: cannot connect to %s (%.1f s)", name, timeout)
     return pv

@@ -11,6 +11,15 @@ import importlib
 #: Use preemptive callbacks (libca threads deliver events without ``pend_event``).  Set to False before the
 #: first CA call to get a non-preemptive context, as in pyepics.
 PREEMPTIVE_CALLBACK = True
+#: Let libca print its messages to the terminal (stderr).  False (pyepics' default): they go to the
+#: ``capar.ca`` logger at DEBUG level instead; see :func:`enable_ca_messages`.  Read when the first context
+#: is created.
+WITH_CA_MESSAGES = False
+#: pyepics' switch for clearing channels and destroying the context at interpreter exit.  capar always does
+#: both (a libca thread calling into a finalized interpreter would crash it), so this is informational.
+AUTO_CLEANUP = True
+#: pyepics' flag: numpy is available (always, for capar).
+HAS_NUMPY = True
 
 #: names of :mod:`capar.ca.channel`'s ``__all__`` (tests/test_binding.py checks that the two agree)
 _CHANNEL = (
@@ -21,7 +30,7 @@ _CHANNEL = (
     "get_ctrlvars", "get_timevars", "get_timestamp", "get_severity", "get_precision", "get_enum_strings",
     "put", "create_subscription", "clear_subscription", "poll", "pend_io", "pend_event", "flush_io",
     "test_io", "clear_cache", "message", "version", "default_get_timeout", "encode_value", "unpack_value",
-    "channel_entry", "get_cache",
+    "channel_entry", "get_cache", "replace_access_rights_event",
 )
 _CONTEXT = (
     "CAThread", "attach_context", "create_context", "current_context", "destroy_context", "detach_context",
@@ -31,19 +40,34 @@ _ERRORS = (
     "BadPVName", "CAError", "CAPutError", "CASeverityException", "CATimeoutError", "ChannelAccessException",
     "ChannelAccessGetFailure", "ChannelNotConnected", "ContextError",
 )
+#: the rest of pyepics' ca names (messages, synchronous groups, decorators): :mod:`capar.ca.surface`
+_SURFACE = (
+    "find_libca", "find_libCom", "replace_printf_handler", "disable_ca_messages", "enable_ca_messages",
+    "context_create", "context_destroy", "client_status", "promote_fieldtype", "register_clear_cache",
+    "show_cache", "write", "PySEVCHK", "withCA", "withCHID", "withConnectedCHID", "withMaybeConnectedCHID",
+    "withSEVCHK", "sg_create", "sg_delete", "sg_block", "sg_test", "sg_reset", "sg_get", "sg_put", "_unpack",
+)
+_UTILS = ("str2bytes", "bytes2str", "strjoin", "IOENCODING")
 _LAZY: dict[str, str] = {
+    **{n: "capar.ca.surface" for n in _SURFACE},
+    **{n: "capar.utils" for n in _UTILS},
     **{n: "capar.ca.channel" for n in _CHANNEL},
     **{n: "capar.ca.context" for n in _CONTEXT},
     **{n: "capar.ca.errors" for n in _ERRORS},
 }
-_SUBMODULES = ("dbr", "errors", "libca", "context", "channel", "bulk", "monitor", "repeater")
+_SUBMODULES = ("dbr", "errors", "libca", "context", "channel", "bulk", "monitor", "repeater", "surface")
 
 __all__ = [n for n in _CHANNEL if n != "get_cache"] + [
-    "dbr", "errors", "PREEMPTIVE_CALLBACK", "get_cache", *_CONTEXT, *_ERRORS,
+    "dbr", "errors", "PREEMPTIVE_CALLBACK", "WITH_CA_MESSAGES", "AUTO_CLEANUP", "HAS_NUMPY", "get_cache",
+    "initial_context", *_CONTEXT, *_ERRORS, *(n for n in _SURFACE if not n.startswith("_")),
 ]
 
 
 def __getattr__(name: str) -> object:
+    if name == "initial_context":  # pyepics: a module variable, None until the first context exists
+        from .context import registry
+
+        return registry().initial_context
     if name in _SUBMODULES:
         return importlib.import_module(f"capar.ca.{name}")
     mod = _LAZY.get(name)

@@ -8,6 +8,7 @@ an exception in a user callback is logged, never propagated into libca.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -22,7 +23,10 @@ import numpy as np
 from . import dbr, errors
 from .context import ensure_context, registry
 from .errors import BadPVName, CAPutError, ChannelAccessException, ChannelAccessGetFailure
-from .libca import ConnectionCallback, EventCallback, ExceptionCallback, chid_t, evid_t
+from .libca import (
+    AccessRightsCallback, ConnectionCallback, EventCallback, ExceptionCallback, PrintfHandler, chid_t, evid_t,
+    vformat,
+)
 
 __all__ = [
     "DEFAULT_CONNECTION_TIMEOUT", "AUTOMONITOR_MAXLENGTH", "DEFAULT_SUBSCRIPTION_MASK", "MAX_PV_NAME_LENGTH",
@@ -33,7 +37,7 @@ __all__ = [
     "get_timevars", "get_timestamp", "get_severity", "get_precision", "get_enum_strings", "put",
     "create_subscription", "clear_subscription", "poll", "pend_io", "pend_event", "flush_io", "test_io",
     "clear_cache", "message", "version", "default_get_timeout", "encode_value", "unpack_value",
-    "channel_entry",
+    "channel_entry", "replace_access_rights_event",
 ]
 
 log = logging.getLogger("capar")
@@ -54,10 +58,14 @@ class BadValue(TypeError, ValueError, CAPutError):
     """A value cannot be converted to the PV's type or shape (names the PV)."""
 
 
+def _ca_setting(name: str, default: Any) -> Any:
+    """A user-settable constant of ``capar.ca`` (``PREEMPTIVE_CALLBACK``, ``WITH_CA_MESSAGES`` ...)."""
+    return getattr(sys.modules.get("capar.ca"), name, default)
+
+
 def preemptive_setting() -> bool:
     """Current value of ``capar.ca.PREEMPTIVE_CALLBACK`` (read when a context is created)."""
-    mod = sys.modules.get("capar.ca")
-    return bool(getattr(mod, "PREEMPTIVE_CALLBACK", True))
+    return bool(_ca_setting("PREEMPTIVE_CALLBACK", True))
 
 
 def check_name(pvname: Any) -> str:
@@ -86,7 +94,7 @@ class _Entry:
     """What capar knows about one channel (owned by the registry; guarded by ``cond``)."""
 
     __slots__ = ("chid", "pvname", "context", "callbacks", "conn", "cond", "get_results", "auto_cb",
-                 "ts", "failures", "subs", "__weakref__")
+                 "ts", "failures", "subs", "access_callbacks", "__weakref__")
 
     def __init__(self, chid: int, pvname: str, context: int, auto_cb: bool) -> None:
         self.chid = chid
@@ -100,6 +108,7 @@ class _Entry:
         self.ts = 0.0
         self.failures = 0
         self.subs: set[int] = set()  # keys of this channel's subscriptions in registry().subscriptions
+        self.access_callbacks: list[Callable] = []  # replace_access_rights_event's, called (read, write)
 
     def run_connection_callbacks(self, conn: bool) -> None:
         for cb in list(self.callbacks):
@@ -201,27 +210,109 @@ def _on_event(args: Any) -> None:
             log.exception("capar: monitor callback for %s raised", entry.pvname)
 
 
+def _on_access(args: Any) -> None:
+    reg = registry()
+    if reg.finalized:
+        return
+    entry = reg.channels.get(args.chid or 0)
+    if entry is None:
+        return
+    read, write = bool(args.access & 1), bool(args.access & 2)
+    for cb in list(entry.access_callbacks):
+        try:
+            cb(read, write)
+        except Exception:
+            log.exception("capar: access rights callback for %s raised", entry.pvname)
+
+
+def replace_access_rights_event(chid: Any, callback: Optional[Callable] = None) -> None:
+    """Have ``callback(read_access, write_access)`` (two bools) called on the channel's access rights
+    changes, and once now when it is connected (pyepics ``replace_access_rights_event``).
+
+    Callbacks add up (as pyepics'); they run on libca's thread.
+    """
+    entry = channel_entry(chid)
+    if callable(callback) and callback not in entry.access_callbacks:
+        entry.access_callbacks.append(callback)
+    reg = registry()
+    reg.lib.ca_replace_access_rights_event(entry.chid, reg.callbacks["access"])
+
+
 def _on_exception(args: Any) -> None:
     reg = registry()
     if reg.finalized:
         return
     ctx = args.ctx.decode("utf-8", "replace") if args.ctx else ""
-    log.warning("capar: CA exception: %s (%s)", errors.eca_message(args.stat), ctx)
+    text = f"CA exception: {errors.eca_message(args.stat)} ({ctx})"
+    writer = reg.ca_messages
+    if writer is None or writer is _log_message:  # libca's own messages: on, or off the terminal (pyepics)
+        log.log(logging.WARNING if writer is None else logging.INFO, "capar: %s", text)
+    else:
+        _write_message(writer, text + "\n")
+
+
+def _log_message(text: str) -> None:
+    """Where libca's printed messages go while CA messages are disabled: the 'capar.ca' logger (DEBUG)."""
+    logging.getLogger("capar.ca").debug("libca: %s", text.rstrip("\n"))
+
+
+def _write_message(writer: Callable, text: str) -> None:
+    try:
+        writer(text)
+    except Exception:  # a writer must never raise into libca's thread
+        pass
+
+
+def _on_printf(fmt: Optional[bytes], args: Any) -> int:
+    reg = registry()
+    writer = reg.ca_messages
+    if reg.finalized or writer is None:
+        return 0
+    try:
+        text = vformat(reg.lib, fmt or b"", args)
+    except Exception:
+        return 0
+    _write_message(writer, text)
+    return len(text)
+
+
+def set_ca_messages(writer: Optional[Callable], reg: Any = None) -> None:
+    """Send libca's printed messages (and CA exceptions) to ``writer(text)``, in every context of this
+    process, current and future; ``writer=None`` restores libca's default printing to stderr."""
+    reg = registry() if reg is None else reg
+    reg.ca_messages = writer
+    if reg.lib is None or reg.finalized:
+        return
+    install_callbacks(reg)
+    handler = reg.callbacks["printf"] if writer is not None else PrintfHandler()  # NULL: libca's default
+    cur = reg.lib.ca_current_context()
+    for ctx in list(reg.contexts):
+        if reg.lib.ca_attach_context(ctx) in (errors.ECA.NORMAL, errors.ECA.ISATTACHED):
+            reg.lib.ca_replace_printf_handler(handler)
+            reg.lib.ca_detach_context()
+    if cur:
+        reg.lib.ca_attach_context(cur)
 
 
 def install_callbacks(reg: Any) -> None:
     """Create the CFUNCTYPE objects libca calls (kept alive by the registry)."""
-    if not reg.callbacks:
+    if "connect" not in reg.callbacks:
         reg.callbacks.update(
             connect=ConnectionCallback(_on_connect), get=EventCallback(_on_get),
             put=EventCallback(_on_put), event=EventCallback(_on_event),
-            exception=ExceptionCallback(_on_exception))
+            exception=ExceptionCallback(_on_exception), access=AccessRightsCallback(_on_access),
+            printf=PrintfHandler(_on_printf))
 
 
 def install_exception_handler(reg: Any) -> None:
-    """Route the calling thread's context's asynchronous CA exceptions to the 'capar' logger."""
+    """Route the calling thread's (new) context's asynchronous CA exceptions to the 'capar' logger, and its
+    printed messages where :func:`set_ca_messages` says (off the terminal unless ``WITH_CA_MESSAGES``)."""
     install_callbacks(reg)
     reg.lib.ca_add_exception_event(reg.callbacks["exception"], None)
+    if reg.initial_context is None and not _ca_setting("WITH_CA_MESSAGES", False):
+        reg.ca_messages = _log_message
+    if reg.ca_messages is not None:
+        reg.lib.ca_replace_printf_handler(reg.callbacks["printf"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,22 +422,39 @@ def connect_channel(chid: Any, timeout: Optional[float] = None, verbose: bool = 
     return False
 
 
+def _teardown(reg: Any) -> Any:
+    """The lock that orders channel/subscription teardown (see :class:`~capar.ca.context.Registry`).
+
+    Not taken on libca's own callback threads (foreign threads, seen by Python as ``_DummyThread``): they
+    already hold libca's callback mutex, which every other thread's ``ca_clear_*`` must wait for, and a
+    callback waiting for a thread that waits for the callback would deadlock.
+    """
+    if isinstance(threading.current_thread(), threading._DummyThread):
+        return contextlib.nullcontext()
+    return reg.teardown_lock
+
+
 def clear_channel(chid: Any) -> int:
-    """Clear a channel (its subscriptions go with it); returns the ECA status."""
+    """Clear a channel (its subscriptions go with it); returns the ECA status.
+
+    A channel capar no longer knows (already cleared, by this call or :func:`clear_cache`) is not handed
+    to libca again: the result is ``ECA_BADCHID``.
+    """
     reg = registry()
     key = _chid_int(chid)
-    with reg.lock:
-        with reg.conn_lock:
-            entry = reg.channels.pop(key, None)
-            reg.early_connections.pop(key, None)
-        if entry is None:
-            return errors.ECA.BADCHID
-        reg.by_name.pop((entry.context, entry.pvname), None)
-        for k in list(entry.subs):
-            _forget_subscription(reg, k)
-    if reg.finalized or reg.lib is None:
-        return errors.ECA.NORMAL
-    return reg.lib.ca_clear_channel(key)
+    with _teardown(reg):
+        with reg.lock:
+            with reg.conn_lock:
+                entry = reg.channels.pop(key, None)
+                reg.early_connections.pop(key, None)
+            if entry is None:
+                return errors.ECA.BADCHID
+            reg.by_name.pop((entry.context, entry.pvname), None)
+            for k in list(entry.subs):
+                _forget_subscription(reg, k)
+        if reg.finalized or reg.lib is None:
+            return errors.ECA.NORMAL
+        return reg.lib.ca_clear_channel(key)
 
 
 def name(chid: Any) -> str:
@@ -824,18 +932,30 @@ def _forget_subscription(reg: Any, key: int) -> None:
 
 
 def clear_subscription(event_id: Any) -> int:
-    """Cancel a subscription (the evid or the tuple create_subscription returned); ECA status."""
+    """Cancel a subscription (the tuple :func:`create_subscription` returned, or its evid); ECA status.
+
+    A subscription capar no longer knows (cleared before, or gone with its channel through
+    :func:`clear_channel`/:func:`clear_cache`) is not handed to libca, whose event id would dangle: the
+    result is ``ECA_BADMONID``.  Pass the tuple where you can: an evid alone may by then name a newer
+    subscription that libca placed at the same address.
+    """
+    key = None
     if isinstance(event_id, tuple):
-        event_id = event_id[2]
+        key = event_id[1] if len(event_id) > 1 and isinstance(event_id[1], int) else None
+        event_id = event_id[-1]
     ev = getattr(event_id, "value", event_id)
     reg = registry()
-    with reg.lock:
-        key = reg.sub_by_evid.get(ev)
-        if key is not None:
+    with _teardown(reg):
+        with reg.lock:
+            if key is None:
+                key = reg.sub_by_evid.get(ev)
+            sub = reg.subscriptions.get(key) if key is not None else None
+            if sub is None or sub["evid"] != ev:
+                return errors.ECA.BADMONID
             _forget_subscription(reg, key)
-    if reg.finalized or reg.lib is None:
-        return errors.ECA.NORMAL
-    return reg.lib.ca_clear_subscription(ev)
+        if reg.finalized or reg.lib is None:
+            return errors.ECA.NORMAL
+        return reg.lib.ca_clear_subscription(ev)
 
 
 # --------------------------------------------------------------------------------------------------

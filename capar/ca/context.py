@@ -48,6 +48,9 @@ class Registry:
         self.lib = lib
         self.lock = threading.RLock()
         self.conn_lock = threading.Lock()       # registering a channel vs. its first connection event
+        # serialises ca_clear_channel / ca_clear_subscription made outside libca's callback threads, so that
+        # no thread frees a subscription while another still holds its (then dangling) evid
+        self.teardown_lock = threading.Lock()
         self.early_connections: dict[int, bool] = {}  # events that arrived before their channel entry
         self.initial_context: int | None = None
         self.inherited_context = inherited_context
@@ -62,6 +65,9 @@ class Registry:
         self.extras: dict[str, Any] = {}         # per-process caches of higher layers (PV cache ...)
         self.finalized = False
         self.preemptive = True
+        # where libca's printed messages go: None = libca's default (stderr); else a callable taking the text
+        # (capar.ca.WITH_CA_MESSAGES False, the pyepics default: the 'capar.ca' logger at DEBUG, off the terminal)
+        self.ca_messages: Any = None
 
     def new_key(self) -> int:
         with self.lock:

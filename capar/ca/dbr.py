@@ -189,3 +189,78 @@ def unpack_metadata(ftype: int, header: np.void) -> dict[str, Any]:
         n = max(0, min(int(header["no_str"]), MAX_ENUM_STATES))
         md["enum_strs"] = tuple(_text(bytes(s)) for s in header["strs"][:n])
     return md
+
+
+# --------------------------------------------------------------------------------------------------
+# the rest of pyepics' ``epics.dbr`` names that scripts use
+
+import ctypes as _ctypes  # noqa: E402  (ctypes stays inside capar.ca)
+import enum as _enum  # noqa: E402
+
+HAS_NUMPY = True
+PY64_WINDOWS = False
+#: full ECA status codes as pyepics' dbr spells them (message number << 3 | severity)
+ECA_NORMAL, ECA_TIMEOUT, ECA_IODONE, ECA_ISATTACHED, ECA_BADCHID = 1, 80, 339, 424, 410
+CS_NEVER_SEARCH = 4
+PUT_ACKT, PUT_ACKS, STSACK_STRING, CLASS_NAME = 35, 36, 37, 38
+MAX_ENUMS = MAX_ENUM_STATES
+#: the ctypes type of the channel ids ``ca.create_channel`` returns (``isinstance(chid, dbr.chid_t)``)
+chid_t = _ctypes.c_long
+short_t, ushort_t, int_t, uint_t = _ctypes.c_short, _ctypes.c_ushort, _ctypes.c_int, _ctypes.c_uint
+long_t, ulong_t, float_t, double_t = _ctypes.c_long, _ctypes.c_ulong, _ctypes.c_float, _ctypes.c_double
+byte_t, ubyte_t, char_t, char_p, void_p = (_ctypes.c_byte, _ctypes.c_ubyte, _ctypes.c_char, _ctypes.c_char_p,
+                                           _ctypes.c_void_p)
+string_t = _ctypes.c_char * MAX_STRING_SIZE
+#: ctypes element type per native DBR type (pyepics ``dbr.Map``; used to size ``sg_get`` buffers)
+Map = {STRING: string_t, SHORT: short_t, FLOAT: float_t, ENUM: ushort_t, CHAR: ubyte_t, LONG: int_t,
+       DOUBLE: double_t}
+
+_NAMES = {STRING: "STRING", INT: "INT", FLOAT: "FLOAT", ENUM: "ENUM", CHAR: "CHAR", LONG: "LONG",
+          DOUBLE: "DOUBLE"}
+_NAMES.update({base + t: pre + ("SHORT" if t == SHORT else _NAMES[t])
+               for base, pre in ((TIME_STRING, "TIME_"), (CTRL_STRING, "CTRL_")) for t in range(7)})
+
+
+def Name(ftype: Any, reverse: bool = False) -> Any:
+    """Name of a DBR type number (``1`` -> ``'INT'``, ``20`` -> ``'TIME_DOUBLE'``, else ``'unknown'``).
+
+    With ``reverse=True``, *ftype* is a name and its number is returned (``'unknown'`` when there is none),
+    as pyepics' ``dbr.Name``.
+    """
+    if reverse:
+        name = str(ftype).upper()
+        for number, known in _NAMES.items():
+            if known == name:
+                return number
+    return _NAMES.get(ftype, "unknown")
+
+
+class DefaultIntEnum(_enum.IntEnum):
+    """An IntEnum whose unknown values become members named ``UNKNOWN`` instead of raising."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        unknown = int.__new__(cls, value)  # type: ignore[call-overload]
+        unknown._name_ = "UNKNOWN"
+        unknown._value_ = value
+        return unknown
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+AlarmStatus = DefaultIntEnum("AlarmStatus", [  # type: ignore[misc]
+    (n, i) for i, n in enumerate((
+        "NO_ALARM", "READ", "WRITE", "HIHI", "HIGH", "LOLO", "LOW", "STATE", "COS", "COMM", "TIMEOUT",
+        "HW_LIMIT", "CALC", "SCAN", "LINK", "SOFT", "BAD_SUB", "UDF", "DISABLE", "SIMM", "READ_ACCESS",
+        "WRITE_ACCESS"))])
+AlarmSeverity = DefaultIntEnum("AlarmSeverity", [  # type: ignore[misc]
+    ("NO_ALARM", 0), ("MINOR", 1), ("MAJOR", 2), ("INVALID", 3)])
+
+__all__ += [
+    "HAS_NUMPY", "PY64_WINDOWS", "ECA_NORMAL", "ECA_TIMEOUT", "ECA_IODONE", "ECA_ISATTACHED", "ECA_BADCHID",
+    "CS_NEVER_SEARCH", "PUT_ACKT", "PUT_ACKS", "STSACK_STRING", "CLASS_NAME", "MAX_ENUMS", "INT", "TIME_INT",
+    "CTRL_INT", "chid_t", "short_t", "ushort_t", "int_t", "uint_t", "long_t", "ulong_t", "float_t", "double_t",
+    "byte_t", "ubyte_t", "char_t", "char_p", "void_p", "string_t", "Map", "Name", "DefaultIntEnum",
+    "AlarmStatus", "AlarmSeverity",
+]

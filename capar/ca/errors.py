@@ -57,6 +57,7 @@ class ECA:
     NORDACCESS = _code(46, _WARNING)
     NOWTACCESS = _code(47, _WARNING)
     BADCHID = _code(51, _ERROR)
+    BADMONID = _code(52, _ERROR)
     ISATTACHED = _code(53, _WARNING)
     NOTTHREADED = _code(57, _ERROR)
 
@@ -78,6 +79,7 @@ _MESSAGES = {
     ECA.NORDACCESS: "Read access denied",
     ECA.NOWTACCESS: "Write access denied",
     ECA.BADCHID: "Invalid channel identifier",
+    ECA.BADMONID: "Invalid event selection",
     ECA.ISATTACHED: "Thread is already attached to a client context",
     ECA.NOTTHREADED: "Preemptive callback not enabled - additional threads may not join context",
 }

@@ -24,7 +24,8 @@ from . import errors
 
 __all__ = [
     "LibCA", "load", "libca_path", "event_handler_args", "connection_handler_args",
-    "exception_handler_args", "EventCallback", "ConnectionCallback", "ExceptionCallback", "ThreadExitCallback",
+    "exception_handler_args", "access_rights_handler_args", "vformat", "AccessRightsCallback", "EventCallback",
+    "ConnectionCallback", "ExceptionCallback", "ThreadExitCallback",
     "PrintfHandler",
 ]
 
@@ -69,7 +70,14 @@ class exception_handler_args(Structure):
     ]
 
 
+class access_rights_handler_args(Structure):
+    """``struct access_rights_handler_args``: the channel and its ``caar`` bit field (bit 0 read, bit 1 write)."""
+
+    _fields_ = [("chid", chid_t), ("access", c_uint)]
+
+
 EventCallback = CFUNCTYPE(None, event_handler_args)
+AccessRightsCallback = CFUNCTYPE(None, access_rights_handler_args)
 ThreadExitCallback = CFUNCTYPE(None, c_void_p)  # void (*)(void *arg) for libCom's epicsAtThreadExit
 ConnectionCallback = CFUNCTYPE(None, connection_handler_args)
 ExceptionCallback = CFUNCTYPE(None, exception_handler_args)
@@ -164,6 +172,8 @@ class LibCA:
         self.ca_write_access = f("ca_write_access", c_uint, [chid_t])
         self.ca_puser = f("ca_puser", c_void_p, [chid_t])
         self.ca_set_puser = f("ca_set_puser", None, [chid_t, c_void_p])
+        self.ca_replace_access_rights_event = f(
+            "ca_replace_access_rights_event", c_int, [chid_t, AccessRightsCallback], True)
         self.ca_search_attempts = f("ca_search_attempts", c_uint, [chid_t])
         # get / put
         self.ca_array_get = f("ca_array_get", c_int, [c_long, c_ulong, chid_t, c_void_p])
@@ -200,6 +210,12 @@ class LibCA:
         # misc
         self.ca_message = f("ca_message", c_char_p, [c_long])
         self.ca_version = f("ca_version", c_char_p, [])
+        # libc's vsnprintf, to format the (format, va_list) pairs libca hands a printf handler
+        libc = ctypes.CDLL(None)
+        self.vsnprintf = getattr(libc, "vsnprintf", None)
+        if self.vsnprintf is not None:
+            self.vsnprintf.restype = c_int
+            self.vsnprintf.argtypes = [c_char_p, ctypes.c_size_t, c_char_p, c_void_p]
         # libCom: run a function in the calling epicsThread when it exits
         self.epicsAtThreadExit = getattr(self.com, "epicsAtThreadExit")
         self.epicsAtThreadExit.restype = c_int
@@ -222,6 +238,19 @@ class LibCA:
             if isinstance(value, ctypes._CFuncPtr):  # type: ignore[attr-defined]
                 setattr(self, name, _shut(name))
         return real
+
+
+def vformat(lib: LibCA, fmt: bytes, args: Any) -> str:
+    """The text of a C ``printf(fmt, va_list)`` call that libca made into a printf handler.
+
+    *args* is the handler's ``va_list`` argument as received (a pointer on every supported ABI).  Consumes
+    the list; text beyond 4 KiB is cut.  Without libc's ``vsnprintf`` only the format string is returned.
+    """
+    if lib.vsnprintf is None or not args:
+        return (fmt or b"").decode("utf-8", "replace")
+    buf = ctypes.create_string_buffer(4096)
+    lib.vsnprintf(buf, len(buf), fmt, args)
+    return buf.value.decode("utf-8", "replace")
 
 
 def _shut(name: str) -> Callable:

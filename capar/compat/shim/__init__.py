@@ -1,0 +1,1 @@
+"""Holds the ``epics`` shim package that :func:`capar.compat.install` puts on ``sys.path``."""
