@@ -384,27 +384,32 @@ class PV:
             return "None"
         ftype = self.ftype if self.ftype is not None else dbr.DOUBLE
         ntype = dbr.native_type(ftype)
-        if ntype == dbr.STRING:
-            cval = val if isinstance(val, str) else str(list(val))
-            self._args["char_value"] = cval
-            return cval
+        if ntype == dbr.STRING:  # as pyepics: the value itself (a STRING array stays a list/array)
+            self._args["char_value"] = val
+            return val
         if ntype == dbr.CHAR and (self.nelm > 1 or force_long_string) and np.ndim(val) >= 1:
             raw = bytes(np.asarray(val, dtype=np.uint8).tolist())
             cval = raw.split(b"\0", 1)[0].decode("utf-8", "replace").rstrip()
             self._args["char_value"] = cval
             return cval
         cval = repr(val)
-        if self.nelm > 1 and np.ndim(val) >= 1:
+        array = np.ndim(val) >= 1
+        if array and len(val) > 1:
             cval = f"<array size={len(val)}, type={_type_name(ftype)}>"
+        elif array and ntype in (dbr.FLOAT, dbr.DOUBLE, dbr.ENUM) and len(val) != 1:
+            cval = str(val)  # an empty array: pyepics' formatting fails over to str(), '[]'
+        elif array and ntype == dbr.ENUM:
+            cval = str(val)
         elif ntype in (dbr.FLOAT, dbr.DOUBLE):
             if call_ca and self._args["precision"] is None:
                 self.get_ctrlvars()
+            x = val[0] if array else val
             try:
                 prec = int(self._args["precision"] or 0)
                 fmt = "%%.%df"
-                if val != 0 and 4 < abs(int(math.log10(abs(val + 1.e-9)))):
+                if x != 0 and 4 < abs(int(math.log10(abs(x + 1.e-9)))):
                     fmt = "%%.%dg"
-                cval = (fmt % prec) % val
+                cval = (fmt % prec) % x
             except (ValueError, TypeError, ArithmeticError, OverflowError):
                 cval = str(val)
         elif ntype == dbr.ENUM:
@@ -414,8 +419,6 @@ class PV:
                 cval = self._args["enum_strs"][val]
             except (TypeError, KeyError, IndexError):
                 cval = str(val)
-        else:
-            cval = str(val)
         self._args["char_value"] = cval
         return cval
 

@@ -521,18 +521,23 @@ def default_get_timeout(count: int) -> float:
 
 
 def _as_string(entry: _Entry, ftype: int, values: np.ndarray, val: Any, count: int) -> Any:
+    """pyepics' ``ca``-level string form of a value; *count* is the element count the caller asked for
+    (0: all, pyepics' default).
+
+    A char array reads as text, an array asked for with a count > 1 as ``'<array count=N, type=T>'``, any
+    other value as ``str(value)`` (so a whole numeric array reads as numpy prints it, a STRING array as its
+    list).  An ENUM scalar reads as its state string (pyepics only does so when ``count=1`` is passed).
+    """
     native = dbr.native_type(ftype)
     if native == dbr.CHAR and count < AUTOMONITOR_MAXLENGTH:
         raw = bytes(np.asarray(values, dtype=np.uint8))
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-    if native == dbr.ENUM and count == 1:
+    if native == dbr.ENUM and count <= 1 and np.ndim(val) == 0:
         strs = get_enum_strings(entry.chid)
         try:
             return strs[int(val)] if strs else str(val)
         except (IndexError, TypeError):
             return str(val)
-    if native == dbr.STRING:
-        return val if isinstance(val, str) else list(val)
     if count > 1:
         return f"<array count={count}, type={ftype}>"
     return str(val)
@@ -550,10 +555,16 @@ def unpack_value(entry: _Entry, ftype: int, values: np.ndarray, count: Optional[
         out = [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in values.tolist()]
         return out[0] if (len(out) == 1 and elem_count <= 1) else out
     if native == dbr.CHAR and elem_count > 1:
-        return values.copy() if as_numpy else values.tolist()
+        return values.copy() if as_numpy else _ctypes_array(native, values)
     if n == 1:
         return values[0].item()
-    return values.copy() if as_numpy else values.tolist()
+    return values.copy() if as_numpy else _ctypes_array(native, values)
+
+
+def _ctypes_array(native: int, values: np.ndarray) -> ctypes.Array:
+    """An array as pyepics' ``ca`` returns it for ``as_numpy=False``: a ctypes array (``dbr.Map`` type)."""
+    flat = np.ascontiguousarray(values, dtype=dbr.value_dtype(native))
+    return (dbr.Map[native] * len(flat)).from_buffer_copy(flat.tobytes())
 
 
 def _request_get(entry: _Entry, ftype: int, count: int) -> None:
@@ -661,7 +672,7 @@ def get_complete_with_metadata(chid: Any, ftype: Optional[int] = None, count: Op
     n = rcount if count is None else min(int(count), rcount)
     val = unpack_value(entry, rtype, values, count=n, as_numpy=as_numpy)
     if as_string:
-        val = _as_string(entry, rtype, values[:n], val, n)
+        val = _as_string(entry, rtype, values[:n], val, 0 if count is None else n)
     md["value"] = val
     return md
 
@@ -761,6 +772,8 @@ def _encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int,
             items = [value] if scalar else list(value)
         except (TypeError, ValueError) as exc:
             raise BadValue(f"cannot put {type(value).__name__} to string PV {pvname!r}: {exc}") from None
+        if not items and nelm > 1:
+            items = [""] * nelm  # as pyepics: an empty array clears every element
         if not items:
             raise BadValue(f"cannot put an empty array to {pvname!r}")
         if len(items) > nelm:
@@ -794,6 +807,8 @@ def _encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int,
     flat = arr.reshape(-1)
     if flat.size > nelm:
         raise BadValue(f"{flat.size} elements do not fit {pvname!r} ({nelm} elements)")
+    if flat.size == 0 and nelm > 1:
+        flat = np.zeros(nelm, dtype=dt)  # as pyepics: an empty array writes NELM zeros
     if flat.size == 0:
         raise BadValue(f"cannot put an empty array to {pvname!r}")
     kind = dbr.NATIVE_NAMES[native]
