@@ -243,7 +243,11 @@ def _on_exception(args: Any) -> None:
     if reg.finalized:
         return
     ctx = args.ctx.decode("utf-8", "replace") if args.ctx else ""
-    text = f"CA exception: {errors.eca_message(args.stat)} ({ctx})"
+    try:
+        what = reg.lib.ca_message(int(args.stat)).decode("utf-8", "replace")
+    except Exception:
+        what = errors.eca_message(args.stat)
+    text = f"CA exception: {what} ({ctx})"
     writer = reg.ca_messages
     if writer is None or writer is _log_message:  # libca's own messages: on, or off the terminal (pyepics)
         log.log(logging.WARNING if writer is None else logging.INFO, "capar: %s", text)
