@@ -624,6 +624,10 @@ class PV:
             del cache[key]
 
 
+#: the class :func:`get_pv` creates (pyepics' ``epics.pv.default_pv_class``; a script may set a subclass)
+default_pv_class = PV
+
+
 def get_pv(pvname: str, form: str = "time", connect: bool = False, context: Any = None, timeout: float = 5.0,
            connection_callback: Optional[Callable] = None, access_callback: Optional[Callable] = None,
            callback: Optional[Callable] = None, verbose: bool = False, count: Optional[int] = None,
@@ -650,7 +654,7 @@ def get_pv(pvname: str, form: str = "time", connect: bool = False, context: Any 
     if pv is None:
         if ctx != ca.context.ensure_context():
             raise RuntimeError("PV is not in cache for user-requested context")
-        pv = PV(name, form=form, callback=callback, connection_callback=connection_callback,
+        pv = default_pv_class(name, form=form, callback=callback, connection_callback=connection_callback,
                 access_callback=access_callback, connection_timeout=timeout, verbose=verbose, count=count,
                 auto_monitor=auto_monitor, monitor_delta=monitor_delta)
         cache[key] = pv
@@ -731,16 +735,24 @@ def camonitor_clear(pvname: str) -> None:
 
 
 def camonitor(pvname: str, writer: Optional[Callable] = None, callback: Optional[Callable] = None,
-              connection_timeout: float = 5.0) -> None:
-    """Print (or pass to *writer*/*callback*) every change of a PV until :func:`camonitor_clear`."""
+              connection_timeout: float = 5.0, monitor_delta: Optional[float] = None) -> None:
+    """Report every change of a PV until :func:`camonitor_clear` (pyepics ``camonitor``).
+
+    Without *callback*, each change is written as ``"<pvname> <time> <char_value>"`` through *writer*
+    (default: stdout); a *callback* replaces that line and gets the PV's fields as keywords.
+    connection_timeout : float, seconds.  monitor_delta : float, see :class:`PV`.
+    """
     if writer is None:
-        writer = print
+        writer = ca.write
+    if callback is None:
+        def callback(pvname: Optional[str] = None, value: Any = None, char_value: Any = None,
+                     **kw: Any) -> None:
+            if char_value is None:
+                char_value = repr(value)
+            writer(f"{pvname:.32s} {fmt_time(kw.get('timestamp'))} {char_value}")
 
-    def _cb(pvname: Optional[str] = None, value: Any = None, char_value: Any = None, **kw: Any) -> None:
-        writer(f"{pvname:>30s} {fmt_time(kw.get('timestamp'))} {char_value}")
-        if callable(callback):
-            callback(pvname=pvname, value=value, char_value=char_value, **kw)
-
-    pv = get_pv(pvname, connect=True, timeout=connection_timeout)
-    pv.add_callback(_cb, index=-999, with_ctrlvars=True)
-    _monitors()[pvname] = pv
+    pv = get_pv(pvname, connect=True, timeout=connection_timeout, monitor_delta=monitor_delta)
+    if pv.connected:
+        pv.get()
+        pv.add_callback(callback, index=-999, with_ctrlvars=True)
+        _monitors()[pvname] = pv
