@@ -287,11 +287,17 @@ class Group:
         return vals  # a view into this read's private buffer: no second copy
 
     # -- writes -------------------------------------------------------------------------------------
-    def put(self, values: Sequence[Any], wait: bool = False, timeout: float = 60.0) -> PutResult:
+    def put(self, values: Sequence[Any], wait: bool = False, timeout: float = 60.0,
+            empty: str = "error") -> PutResult:
         """Write one value per PV (input order).  *timeout* seconds: one deadline for all completions.
 
         Values of the wrong type/shape, unconnected or read-only PVs fail alone (``PutResult.error``).
+        *empty* says what an empty array does (Channel Access cannot write zero elements): ``"error"``
+        fails that PV alone (what a restore of a saved empty waveform needs), ``"zeros"`` writes NELM
+        zeros or empty strings (pyepics' ``caput``/``caput_many``).
         """
+        if empty not in ("error", "zeros"):
+            raise ValueError(f"empty must be 'error' or 'zeros', not {empty!r}")
         if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
             raise TypeError("values must be a sequence with one value per PV")
         if len(values) != len(self.names):
@@ -311,7 +317,8 @@ class Group:
                 error[p] = "not connected"
                 continue
             try:
-                items.append(encode_value(self.unique[u], int(self.ftype[u]), int(self.nelm[u]), values[p]))
+                items.append(encode_value(self.unique[u], int(self.ftype[u]), int(self.nelm[u]), values[p],
+                                          empty_fills=empty == "zeros"))
             except BadValue as exc:
                 error[p] = f"bad value: {exc}"
                 continue
@@ -450,7 +457,7 @@ def caput_many(pvlist: Iterable[str], values: Sequence[Any], wait: Union[bool, s
     with Group(pvlist, connection_timeout=connection_timeout) as g:
         if wait == "each":
             return [_put_one(g, i, values[i], put_timeout) for i in range(len(pvlist))]
-        res = g.put(list(values), wait=bool(wait), timeout=put_timeout)
+        res = g.put(list(values), wait=bool(wait), timeout=put_timeout, empty="zeros")
         for name, err in res.failed:
             log.warning("capar: caput_many: %s: %s", name, err)
         return res.status_list()
@@ -462,7 +469,7 @@ def _put_one(g: Group, i: int, value: Any, timeout: float) -> int:
     sub.names = [g.names[i]]
     sub._name_errors = [g._name_errors[i]]
     sub._map = g._map[i:i + 1]
-    res = sub.put([value], wait=True, timeout=timeout)
+    res = sub.put([value], wait=True, timeout=timeout, empty="zeros")
     if not res.ok[0]:
         log.warning("capar: caput_many: %s: %s", res.names[0], res.error[0])
     return 1 if res.ok[0] else -1

@@ -553,33 +553,76 @@ class PV:
     lower_ctrl_limit = property(lambda self: self._getarg("lower_ctrl_limit"))
 
     def _getinfo(self) -> Optional[str]:
+        """The ``cainfo`` paragraph, laid out as pyepics prints it."""
         if not self.wait_for_connection():
             return None
         self.get_ctrlvars()
-        self.get_timevars()
-        val = self._args["value"] if self._args["value"] is not None else self.get()
-        self._set_charval(val, call_ca=False)
-        out = [f"== {self.pvname}  ({self._args['typefull']}) =="]
-        if self.count == 1 or np.ndim(val) == 0:
-            out.append(f"   value      = {val!r}")
+        if self._args["value"] is None:
+            self.get()
+        mod, _, xtype = str(self._args["typefull"]).rpartition("_")
+        mod = mod or "native"
+        fmt = "{val:g}" if xtype in ("float", "double") else "{val:s}" if xtype in ("string", "char") else "{val:d}"
+        value = self._args["value"]
+        self._set_charval(value, call_ca=False)
+        out = [f"== {self.pvname}  ({mod}_{xtype}) =="]
+        fields: dict[str, str] = {}
+        count = self.count or 0
+        if count == 1:
+            try:
+                fields["value"] = fmt.format(val=value)
+            except (ValueError, TypeError):
+                fields["value"] = repr(value)
         else:
-            shown = ", ".join(repr(v) for v in list(val[:5]))
-            out.append(f"   value      = array [{shown}{', ...' if len(val) > 5 else ''}]")
-        for key in ("char_value", "count", "nelm", "type", "units", "precision", "host", "access", "status",
-                    "severity", "timestamp", "posixseconds", "nanoseconds", "upper_ctrl_limit",
-                    "lower_ctrl_limit", "upper_disp_limit", "lower_disp_limit", "upper_alarm_limit",
-                    "lower_alarm_limit", "upper_warning_limit", "lower_warning_limit", "enum_strs"):
-            v = self._args.get(key) if key != "count" else self.count
-            if key == "nelm":
-                v = self.nelm
-            if v is not None:
-                if key == "timestamp":
-                    v = f"{v:.3f} ({fmt_time(v)})"
-                out.append(f"   {key:<11}= {v}")
-        out.append(f"   PV is {'' if self._monref else 'NOT '}internally monitored, with "
-                   f"{len(self.callbacks)} user-defined callbacks:")
+            shown: Any = ("unknown",)
+            try:
+                shown = ",".join(fmt.format(val=value[i]) for i in range(min(5, count)))
+            except ValueError:
+                shown = ",".join(repr(value[i]) for i in range(min(5, count)))
+            except (TypeError, IndexError):
+                pass
+            fields["value"] = f" array  [{shown}{',....' if count > 10 else ''}]"
+        for key in ("char_value", "count", "nelm", "type", "units", "precision", "host", "access",
+                    "monitor_delta", "status", "char_status", "severity", "char_severity", "timestamp",
+                    "posixseconds", "nanoseconds", "upper_ctrl_limit", "lower_ctrl_limit", "upper_disp_limit",
+                    "lower_disp_limit", "upper_alarm_limit", "lower_alarm_limit", "upper_warning_limit",
+                    "lower_warning_limit"):
+            try:
+                att = getattr(self, key)
+            except Exception:
+                continue
+            if att is None:
+                continue
+            if key == "timestamp":
+                att = f"{att:.3f} ({fmt_time(att)})"
+            elif key == "char_value":
+                att = f"'{att}'"
+            fields[key] = str(att)
+        for key, val in fields.items():
+            out.append(f"   {key:20s} = {val}" if len(key) > 14 else f"   {key:15s} = {val}")
+        if xtype == "enum":
+            out.append("   enum strings: ")
+            out.extend(f"       {i} = {name}" for i, name in enumerate(self.enum_strs or ()))
+        if self._monref is not None:
+            out.append(f"   PV is internally monitored, with {len(self.callbacks)} user-defined callbacks")
+            for index in sorted(self.callbacks):
+                cb = self.callbacks[index][0]
+                code = getattr(cb, "__code__", None)
+                out.append(f"      {getattr(cb, '__name__', repr(cb))} in file "
+                           f"'{getattr(code, 'co_filename', '?')}'")
+        else:
+            out.append("   PV is NOT internally monitored")
         out.append("=============================")
         return "\n".join(out)
+
+    @property
+    def char_status(self) -> str:
+        """The alarm status as its name (``'NO_ALARM'``, ``'HIHI'`` ...)."""
+        return dbr.AlarmStatus(self.status).name
+
+    @property
+    def char_severity(self) -> str:
+        """The alarm severity as its name (``'NO_ALARM'``, ``'MINOR'``, ``'MAJOR'``, ``'INVALID'``)."""
+        return dbr.AlarmSeverity(self.severity).name
 
     @property
     def info(self) -> Optional[str]:

@@ -137,7 +137,7 @@ def test_put_every_type(priv):
 def test_info(prefix):
     out = run("info", prefix + "ao", prefix + "nothere", "-w", "0.5")
     assert out.returncode == 1
-    assert f"== {prefix}ao" in out.stdout and "units      = mm" in out.stdout
+    assert f"== {prefix}ao" in out.stdout and "units           = mm" in out.stdout
     assert out.stderr.splitlines()[-1] == f"{prefix}nothere: not connected"
 
 

@@ -131,7 +131,7 @@ def test_get_pv_cache(prefix):
 
 def test_cainfo_text(prefix):
     text = capar.cainfo(prefix + "ao", print_out=False)
-    assert prefix + "ao" in text and "units      = mm" in text
+    assert prefix + "ao" in text and "units           = mm" in text
 
 
 def test_camonitor_writes_lines(prefix):

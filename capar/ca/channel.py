@@ -751,16 +751,22 @@ def _int_range(dt: np.dtype) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
-def encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int, int, np.ndarray]:
-    """Convert a Python value for a put: (dbr type, count, contiguous buffer); BadValue names the PV."""
+def encode_value(pvname: str, native: int, nelm: int, value: Any,
+                 empty_fills: bool = True) -> tuple[int, int, np.ndarray]:
+    """Convert a Python value for a put: (dbr type, count, contiguous buffer); BadValue names the PV.
+
+    An empty sequence for an array PV: with *empty_fills* (pyepics' ``put``) NELM zeros or empty strings,
+    else BadValue (Channel Access cannot write zero elements).
+    """
     try:
-        return _encode_value(pvname, native, nelm, value)
+        return _encode_value(pvname, native, nelm, value, empty_fills)
     except BadValue as exc:
         exc.pvname = pvname
         raise
 
 
-def _encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int, int, np.ndarray]:
+def _encode_value(pvname: str, native: int, nelm: int, value: Any,
+                  empty_fills: bool = True) -> tuple[int, int, np.ndarray]:
     nelm = max(int(nelm), 1)
     if value is None:
         raise BadValue(f"cannot put None to {pvname!r}")
@@ -776,7 +782,7 @@ def _encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int,
             items = [value] if scalar else list(value)
         except (TypeError, ValueError) as exc:
             raise BadValue(f"cannot put {type(value).__name__} to string PV {pvname!r}: {exc}") from None
-        if not items and nelm > 1:
+        if not items and nelm > 1 and empty_fills:
             items = [""] * nelm  # as pyepics: an empty array clears every element
         if not items:
             raise BadValue(f"cannot put an empty array to {pvname!r}")
@@ -811,7 +817,7 @@ def _encode_value(pvname: str, native: int, nelm: int, value: Any) -> tuple[int,
     flat = arr.reshape(-1)
     if flat.size > nelm:
         raise BadValue(f"{flat.size} elements do not fit {pvname!r} ({nelm} elements)")
-    if flat.size == 0 and nelm > 1:
+    if flat.size == 0 and nelm > 1 and empty_fills:
         flat = np.zeros(nelm, dtype=dt)  # as pyepics: an empty array writes NELM zeros
     if flat.size == 0:
         raise BadValue(f"cannot put an empty array to {pvname!r}")
