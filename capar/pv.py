@@ -26,7 +26,6 @@ log = logging.getLogger("capar")
 
 _TYPE_NAMES = {i: n.lower() for i, n in enumerate(dbr.NATIVE_NAMES)}
 _TYPE_NAMES[dbr.SHORT] = "short"
-_SEVERITY = ("NO_ALARM", "MINOR", "MAJOR", "INVALID")
 
 
 def _type_name(ftype: Optional[int]) -> str:
@@ -536,7 +535,6 @@ class PV:
     write_access = property(lambda self: self._getarg("write_access"))
     access = property(lambda self: self._getarg("access"))
     severity = property(lambda self: self._getarg("severity"))
-    char_severity = property(lambda self: _SEVERITY[self.severity] if self.severity is not None else None)
     timestamp = property(lambda self: self._getarg("timestamp"))
     posixseconds = property(lambda self: self._getarg("posixseconds"))
     nanoseconds = property(lambda self: self._getarg("nanoseconds"))

@@ -221,6 +221,23 @@ def _child_env(client_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+
+# caproto's fake motor record IOC (a pure-Python CA server with real motor record fields), plus the same
+# stdin-EOF watch as the repeater so that it dies with its parent.
+_MOTOR_SCRIPT = r'''
+import os, runpy, signal, sys, threading
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _watch():
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    finally:
+        os._exit(0)
+threading.Thread(target=_watch, daemon=True).start()
+sys.argv[1:] = ["--prefix", sys.argv[1], "--interfaces", "127.0.0.1", "--quiet"]
+runpy.run_module("caproto.ioc_examples.fake_motor_record", run_name="__main__", alter_sys=True)
+'''
+
 # --------------------------------------------------------------------------------------------------
 # the IOC child process
 # --------------------------------------------------------------------------------------------------
@@ -1880,3 +1897,96 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class MotorIOC:
+    """caproto's fake motor record IOC (``caproto.ioc_examples.fake_motor_record``) on 127.0.0.1.
+
+    Three motor records ``PREFIX + "mtr1"`` (velocity 1/s, limits 0..10, PREC 3), ``"mtr2"`` (2/s, -10..20)
+    and ``"mtr3"`` (3/s, 0..30), simulated at 10 Hz.  A put to VAL completes at once (the move goes on).
+    Needs the ``caproto`` package (the ``test`` extra).
+
+    Parameters
+    ----------
+    prefix : str, optional
+        PV name prefix; :func:`unique_prefix` when omitted.
+    port : int, optional
+        CA server port; a free port when omitted.
+    repeater_port : int, optional
+        Port of a CA repeater that is already running (an :class:`IOC`'s); when omitted, the server gets a
+        :class:`CARepeater` of its own, so that no client spawns one that outlives the test.
+    startup_timeout : float
+        Seconds to wait in :meth:`start` for the server to answer.
+
+    Attributes
+    ----------
+    env : dict[str, str]
+        The loopback client environment of this server alone (see :meth:`client_env` to add others).
+    motors : list[str]
+        The three record names.
+    """
+
+    def __init__(self, prefix: Optional[str] = None, port: Optional[int] = None,
+                 repeater_port: Optional[int] = None, startup_timeout: float = 30.0,
+                 name: str = "motors") -> None:
+        self.prefix = prefix or unique_prefix("MTR")
+        self.port = port or free_port()
+        self.repeater: Optional[CARepeater] = None if repeater_port else CARepeater(name=f"{name}-repeater")
+        self.repeater_port = repeater_port or self.repeater.port  # type: ignore[union-attr]
+        self.startup_timeout = startup_timeout
+        self.name = name
+        self.env = loopback_env(self.port, self.repeater_port)
+        self.motors = [f"{self.prefix}mtr{i}" for i in (1, 2, 3)]
+        self.process: Optional[subprocess.Popen] = None
+        self._log: Optional[IO[bytes]] = None
+
+    def client_env(self, *others: Mapping[str, str]) -> dict[str, str]:
+        """One client environment reaching this server and the servers of *others* (``IOC.env`` ...)."""
+        env = dict(self.env)
+        addrs = [env["EPICS_CA_ADDR_LIST"]] + [o["EPICS_CA_ADDR_LIST"] for o in others]
+        env["EPICS_CA_ADDR_LIST"] = " ".join(addrs)
+        return env
+
+    def start(self) -> "MotorIOC":
+        """Start the server and wait until it serves ``mtr1.RTYP`` (raises RuntimeError with its log)."""
+        if self.process is not None:
+            return self
+        if self.repeater is not None:
+            self.repeater.start()
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([sys.executable, "-c", _MOTOR_SCRIPT, self.prefix], stdin=subprocess.PIPE,
+                                        stdout=self._log, stderr=subprocess.STDOUT, env=_child_env(self.env))
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self.process.poll() is not None:
+                problem = f"exited with status {self.process.returncode}"
+            elif time.monotonic() > deadline:
+                problem = f"did not serve TCP port {self.port} within {self.startup_timeout} s"
+            else:
+                try:
+                    with socket.create_connection((LOOPBACK, self.port), timeout=0.2):
+                        return self
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+            self._log.seek(0)
+            tail = self._log.read()[-2000:].decode("utf-8", "replace")
+            self.stop()
+            raise RuntimeError(f"{self.name}: caproto motor IOC {problem}\n{tail}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server by its handle (stdin EOF, SIGTERM, SIGKILL); idempotent."""
+        if self.process is not None:
+            _stop_popen(self.process, timeout, close_stdin=True)
+            self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.repeater is not None:
+            self.repeater.stop()
+
+    def __enter__(self) -> "MotorIOC":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
