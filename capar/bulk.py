@@ -157,6 +157,11 @@ class Group:
             per_unique[u] = host or None
         return [per_unique[u] if u >= 0 else None for u in self._map.tolist()]
 
+    def native_types(self) -> list[int]:
+        """Native DBR type (0..6) of every PV in input order; -1 where it never connected."""
+        self._recheck(np.arange(len(self.unique)))
+        return [int(self.ftype[u]) if u >= 0 and self.connected[u] else -1 for u in self._map.tolist()]
+
     def close(self) -> None:
         """Clear every channel (idempotent)."""
         self._chans.close()

@@ -196,11 +196,12 @@ class Snapshot:
 
     # -- files ---------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, format: Optional[str] = None) -> str:
-        """Write to *path*; format from *format* or the suffix (.json, .csv, .npz). Atomic (temp + rename)."""
+        """Write to *path*; format from *format* or the suffix (.json, .csv, .npz, or .sav: synApps autosave's
+        text, values only). Atomic (temp + rename)."""
         path = os.fspath(path)
         fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
-        if fmt not in ("json", "csv", "npz"):
-            raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv or .npz)")
+        if fmt not in ("json", "csv", "npz", "sav"):
+            raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv, .npz or .sav)")
         d = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix="." + fmt, dir=d)
         fh = os.fdopen(fd, "wb")
@@ -209,6 +210,10 @@ class Snapshot:
                 os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the usual permissions
                 if fmt == "npz":
                     self._save_npz(fh)
+                elif fmt == "sav":
+                    from .autosave import format_sav
+
+                    fh.write(format_sav(self.names.tolist(), self.values.tolist(), self.ok.tolist()).encode())
                 else:
                     text = self.to_json() if fmt == "json" else self.to_csv()
                     fh.write(text.encode("utf-8"))
@@ -221,13 +226,22 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str | os.PathLike, format: Optional[str] = None) -> "Snapshot":
-        """Read a file written by :meth:`save` (SnapshotFormatError names file and line on bad input)."""
+        """Read a file written by :meth:`save`, or a synApps autosave / pyepics ``.sav`` file
+        (SnapshotFormatError names file and line on bad input)."""
         path = os.fspath(path)
         fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
         if not os.path.exists(path):
             raise SnapshotFormatError(f"{path}: no such file")
-        if fmt not in ("json", "csv", "npz"):
+        if fmt not in ("json", "csv", "npz", "sav"):
             raise SnapshotFormatError(f"{path}: unknown snapshot format {fmt!r}")
+        if os.path.isdir(path):
+            raise SnapshotFormatError(f"{path}: is a directory")
+        if fmt == "sav":
+            from .autosave import read_sav
+
+            rows = [Row(e.name, e.value, 0 if e.saved else -1, 0 if e.saved else -1, float("nan"), e.saved,
+                        None if e.saved else "not saved: the saver could not read it") for e in read_sav(path)]
+            return cls.from_rows(rows)
         try:
             if fmt == "npz":
                 return cls._load_npz(path)
