@@ -162,6 +162,11 @@ class Group:
         self._recheck(np.arange(len(self.unique)))
         return [int(self.ftype[u]) if u >= 0 and self.connected[u] else -1 for u in self._map.tolist()]
 
+    def element_counts(self) -> list[int]:
+        """Native element count (NELM) of every PV in input order; 0 where it never connected."""
+        self._recheck(np.arange(len(self.unique)))
+        return [int(self.nelm[u]) if u >= 0 and self.connected[u] else 0 for u in self._map.tolist()]
+
     def close(self) -> None:
         """Clear every channel (idempotent)."""
         self._chans.close()

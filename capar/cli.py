@@ -18,17 +18,11 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["main", "build_parser"]
 
 DEFAULT_CHUNK = 1000  # PVs per step when a progress bar is shown
-
-_STAT = ("NO_ALARM", "READ", "WRITE", "HIHI", "HIGH", "LOLO", "LOW", "STATE", "COS", "COMM", "TIMEOUT",
-         "HWLIMIT", "CALC", "SCAN", "LINK", "SOFT", "BAD_SUB", "UDF", "DISABLE", "SIMM", "READ_ACCESS",
-         "WRITE_ACCESS")
-_SEVR = ("NO_ALARM", "MINOR", "MAJOR", "INVALID")
-
 
 class UsageError(Exception):
     """Bad command line or input file: one line on stderr, exit status 2."""
@@ -115,19 +109,6 @@ def _short(v: Any, limit: int = 8) -> str:
     return repr(v)
 
 
-def _char_text(v: Any) -> str:
-    import numpy as np
-
-    raw = bytes(np.asarray(v).astype(np.uint8).tolist())
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-def _alarm(status: int, severity: int) -> str:
-    st = _STAT[status] if 0 <= status < len(_STAT) else str(status)
-    sv = _SEVR[severity] if 0 <= severity < len(_SEVR) else str(severity)
-    return f"{st} {sv}"
-
-
 def _enum_strings(names: list[str], timeout: float) -> dict[str, tuple]:
     """{name: enum strings} of the ENUM PVs among *names* (one bulk CTRL read)."""
     import capar
@@ -140,23 +121,6 @@ def _enum_strings(names: list[str], timeout: float) -> dict[str, tuple]:
     if strs is None:
         return {}
     return {str(n): s for n, s, ok in zip(snap.names, strs, snap.ok) if ok and s is not None}
-
-
-def _is_int(v: Any) -> bool:
-    import numpy as np
-
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _display(name: str, v: Any, enum_strs: dict[str, tuple], as_text: bool) -> str:
-    import numpy as np
-
-    if _is_int(v) and name in enum_strs:
-        strs = enum_strs[name]
-        return strs[int(v)] if 0 <= int(v) < len(strs) else str(int(v))
-    if as_text and isinstance(v, np.ndarray) and v.dtype.kind in "iu" and v.dtype.itemsize == 1:
-        return _char_text(v)
-    return _fmt(v)
 
 
 def _report_failures(failed: list) -> int:
@@ -277,25 +241,172 @@ def _load(path: str) -> Any:
 # --------------------------------------------------------------------------------------------------
 # subcommands
 
+def _tool_format(args: argparse.Namespace) -> Any:
+    """The EPICS tools' value format from the -F, -e/-f/-g, -0x/-lx, -n and -S options."""
+    from .catools import ToolFormat
+
+    float_format = "%g"
+    digits = getattr(args, "float_digits", None)
+    if digits is not None:
+        kind, n = digits
+        float_format = f"%-.{n}{kind}"
+    bases = {"x": "hex", "o": "oct", "b": "bin"}
+    return ToolFormat(sep=args.F, float_format=float_format,
+                      int_base=bases.get(getattr(args, "int_base", None) or "", "dec"),
+                      float_base=bases.get(getattr(args, "long_base", None) or "", "dec"),
+                      enum_as_nr=bool(getattr(args, "n", False)), char_as_str=bool(getattr(args, "S", False)))
+
+
+class _Reads:
+    """One bulk read of PVs for the tools: values and alarm columns plus native type, NELM and enum strings."""
+
+    def __init__(self, names: list[str], timeout: float, count: Optional[int] = None,
+                 enum_strings: bool = True) -> None:
+        import capar
+
+        with capar.Group(names, form="time", connection_timeout=timeout) as g:
+            self.snap = g.get(timeout=timeout)
+            self.natives = g.native_types()
+            self.nelms = g.element_counts()
+        from .catools import ENUM
+
+        self.enums: dict[str, tuple] = {}
+        enum_names = [n for n, t, ok in zip(names, self.natives, self.snap.ok) if ok and t == ENUM]
+        if enum_strings and enum_names:
+            self.enums = _enum_strings(enum_names, timeout)
+
+
+def _server_strings(names: list[str], counts: list[Optional[int]], timeout: float) -> dict[str, Any]:
+    """``-s``: the values of these (float) PVs as the server formats them (DBR_STRING, its precision)."""
+    from .ca import channel
+
+    out: dict[str, Any] = {}
+    chans = [channel.create_channel(n) for n in names]
+    for name, ch, count in zip(names, chans, counts):
+        if channel.connect_channel(ch, timeout=timeout):
+            v = channel.get(ch, ftype=0, count=count, timeout=timeout)
+            if v is not None:
+                out[name] = v
+    for ch in chans:
+        channel.clear_channel(ch)
+    return out
+
+
+def _get_count(args: argparse.Namespace, nelm: int) -> Optional[int]:
+    """Elements caget asks for: all NELM (zero-padded past the current length) unless -c (the current
+    length) or -# N (the first N)."""
+    if args.count:
+        return min(args.count, nelm) if nelm else args.count
+    return None if args.c else nelm
+
+
 def cmd_get(args: argparse.Namespace) -> int:
-    import capar
+    from .catools import DOUBLE, FLOAT, STRING, time_text
 
     names = _names(args)
-    with capar.Group(names, form="time", connection_timeout=args.w) as g:
-        snap = g.get(timeout=args.w)
-    enums = {} if args.n else _enum_strings(
-        [str(snap.names[i]) for i in range(len(snap)) if snap.ok[i] and _is_int(snap.values[i])], args.w)
-    for r in snap:
-        if not r.ok:
+    if args.d is not None:
+        return _get_dbr(names, args)
+    fmt = _tool_format(args)
+    reads = _Reads(names, args.w, enum_strings=not args.n)
+    snap = reads.snap
+    natives = list(reads.natives)
+    values = list(snap.values.tolist())
+    if args.s:  # floating point as the server formats it
+        idx = [i for i in range(len(names)) if snap.ok[i] and natives[i] in (FLOAT, DOUBLE)]
+        texts = _server_strings([names[i] for i in idx], [_get_count(args, reads.nelms[i]) for i in idx], args.w)
+        for i in idx:
+            if names[i] in texts:
+                values[i], natives[i] = texts[names[i]], STRING
+    lines = []
+    for i, name in enumerate(names):
+        if not snap.ok[i]:
             continue
-        text = _display(r.name, r.value, enums, args.S)
-        if args.a:
-            from capar.pv import fmt_time  # only here: keeps `capar get` from importing the PV layer
-
-            print(f"{r.name} {fmt_time(r.timestamp)} {text} {_alarm(r.status, r.severity)}")
+        count = _get_count(args, reads.nelms[i])
+        v = values[i]
+        shown = fmt.values(v, natives[i], count, reads.enums.get(name), counted=bool(args.count))
+        n_el = count if count is not None else (len(v) if hasattr(v, "__len__") and not isinstance(v, str) else 1)
+        if args.t:
+            lines.append(shown)
+        elif args.a:
+            lines.append(f"{fmt.name(name, n_el)}{fmt.sep}{time_text(float(snap.timestamp[i]))}{fmt.sep}"
+                         f"{_wide_values(shown, fmt.sep)}{fmt.alarm(int(snap.status[i]), int(snap.severity[i]))}")
         else:
-            print(f"{r.name} {text}")
+            lines.append(f"{fmt.name(name, n_el)}{fmt.sep}{shown}")
+    if lines:
+        print("\n".join(lines))
     return _report_failures(snap.failed)
+
+
+def _wide_values(shown: str, sep: str) -> str:
+    # print_time_val_sts writes "<sep>N" then "<sep>v" per element: an empty array leaves no separator after N
+    return shown[:-len(sep)] if shown.endswith(sep) and shown[:-len(sep)].isdigit() else shown
+
+
+def _get_dbr(names: list[str], args: argparse.Namespace) -> int:
+    """``caget -d TYPE``: the value in that DBR type, then the type's extra fields, one block per PV."""
+    from .ca import channel
+    from .catools import (
+        CHAR, DOUBLE, ENUM, FLOAT, LONG, SHORT, STRING, dbf_text, dbr_text, sevr_text, stat_text, time_text,
+    )
+
+    fmt = _tool_format(args)
+    dbr = args.d
+    base = dbr % 7 if dbr < 35 else STRING
+    failed = []
+    for name in names:
+        ch = channel.create_channel(name)
+        try:
+            if not channel.connect_channel(ch, timeout=args.w):
+                failed.append((name, "not connected"))
+                continue
+            native = channel.field_type(ch)
+            nelm = channel.element_count(ch)
+            count = _get_count(args, nelm)
+            md = channel.get_with_metadata(ch, ftype=dbr, count=count, timeout=args.w, as_numpy=True)
+            if md is None:
+                failed.append((name, "no data (timeout)"))
+                continue
+        finally:
+            channel.clear_channel(ch)
+        value = md["value"]
+        n = count if count is not None else (len(value) if hasattr(value, "__len__") and not isinstance(value, str)
+                                              else 1)
+        strs = md.get("enum_strs") if dbr >= 21 else None
+        if fmt.char_as_str and base == CHAR and (args.count or n > 1):
+            shown = fmt.values(value, base, count, None)
+        else:
+            items = fmt.values(value, base, count, strs, counted=True)
+            shown = items.split(fmt.sep, 1)[1] if fmt.sep in items else ""
+        out = [name, f"    Native data type: {dbf_text(native)}", f"    Request type:     {dbr_text(dbr)}",
+               f"    Element count:    {n}", f"    Value:            {shown}"]
+        sts = [f"    Status:           {stat_text(md.get('status', 0))}",
+               f"    Severity:         {sevr_text(md.get('severity', 0))}"]
+        if 7 <= dbr < 14 or dbr in (21, 28):
+            out += sts
+        elif 14 <= dbr < 21:
+            out += [f"    Timestamp:        {time_text(md.get('timestamp', float('nan')))}"] + sts
+        elif dbr >= 21:
+            if base == ENUM:
+                enum_strs = md.get("enum_strs") or ()
+                out += sts + [f"    Enums:            ({len(enum_strs):2d})"]
+                out += [f"                      [{k:2d}] {s}" for k, s in enumerate(enum_strs)]
+            else:
+                number = "%g" if base in (FLOAT, DOUBLE) else "%8d"
+                out += sts + [f"    Units:            {md.get('units', '')}"]
+                if base in (FLOAT, DOUBLE):
+                    out.append(f"    Precision:        {md.get('precision', 0)}")
+                lims = [("Lo disp limit", "lower_disp_limit"), ("Hi disp limit", "upper_disp_limit"),
+                        ("Lo alarm limit", "lower_alarm_limit"), ("Lo warn limit", "lower_warning_limit"),
+                        ("Hi warn limit", "upper_warning_limit"), ("Hi alarm limit", "upper_alarm_limit")]
+                if dbr >= 28:
+                    lims += [("Lo ctrl limit", "lower_ctrl_limit"), ("Hi ctrl limit", "upper_ctrl_limit")]
+                for label, key in lims:
+                    x = md.get(key, 0)
+                    text = number % (float(x) if base in (FLOAT, DOUBLE) else int(x))
+                    out.append(f"    {label + ':':<18}{text}")
+        assert base in (STRING, SHORT, FLOAT, ENUM, CHAR, LONG, DOUBLE)
+        print("\n".join(out))
+    return _report_failures(failed)
 
 
 def _is_number(s: str) -> bool:
@@ -306,28 +417,44 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def _put_value(raw: list[str], native: int, nelm: int, args: argparse.Namespace) -> Any:
+def _unescape(text: str) -> str:
+    """``epicsStrnRawFromEscaped``: the value arguments of caput may hold C escapes."""
+    from .autosave import _unescape as unescape
+
+    return unescape(text)
+
+
+def _put_value(raw: list[str], native: int, nelm: int, args: argparse.Namespace,
+               enum_strs: Optional[tuple]) -> Any:
+    """The value caput writes: with -a one element per argument, else all arguments joined by spaces;
+    ENUM values by state name first, then as an index (-n: index only, -s: name only)."""
     from .ca import dbr
 
-    def conv(s: str) -> Any:
-        if native == dbr.ENUM:
-            if s.strip().isdigit():
-                return int(s)
-            if args.n:
-                raise UsageError(f"-n: enum value must be a number, not {s!r}")
-        return s
-
-    if native == dbr.CHAR and nelm > 1 and len(raw) == 1 and not args.a and (args.S or not _is_number(raw[0])):
-        return raw[0]  # text into a char array
-    vals = [conv(s) for s in raw]
-    if len(vals) == 1 and not args.a and nelm <= 1:
-        return vals[0]
-    return vals
+    if native == dbr.ENUM:
+        def conv(s: str) -> Any:
+            s = _unescape(s)
+            if not args.n and enum_strs and s in enum_strs:
+                return enum_strs.index(s)
+            if args.s and not args.n:
+                raise UsageError(f"Enum string value '{s}' invalid.")
+            try:
+                return int(float(s))
+            except ValueError:
+                raise UsageError(f"Enum {'index' if args.n else 'string'} value '{s}' "
+                                 f"{'is not a number' if args.n else 'invalid'}.") from None
+        vals = [conv(s) for s in raw] if args.a else [conv(" ".join(raw))]
+        return vals if args.a else vals[0]
+    if args.a:
+        return [_unescape(s) for s in raw]
+    text = " ".join(raw)
+    if native == dbr.CHAR and nelm > 1 and (args.S or not _is_number(text)):
+        return _unescape(text)  # text into a char array (caput -S; capar also without -S when not a number)
+    return _unescape(text)
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    import capar
-    from capar.ca import dbr
+    from .ca import dbr
+    from .catools import ENUM, time_text
 
     raw = list(args.values)
     if args.a:
@@ -338,33 +465,82 @@ def cmd_put(args: argparse.Namespace) -> int:
         raw = raw[1:]
         if count != len(raw) or count < 1:
             raise UsageError(f"-a: count {count} but {len(raw)} values given")
+    import capar
+
+    fmt = _tool_format(args)
+
+    def show(snap: Any, native: int, nelm: int, enums: Optional[tuple]) -> str:
+        count = min(args.count, nelm) if args.count else nelm
+        shown = fmt.values(snap.values[0], native, count, enums, counted=bool(args.count))
+        if args.t:
+            return shown
+        if args.l:
+            return (f"{fmt.name(args.pv, count)}{fmt.sep}{time_text(float(snap.timestamp[0]))}{fmt.sep}"
+                    f"{_wide_values(shown, fmt.sep)}{fmt.alarm(int(snap.status[0]), int(snap.severity[0]))}")
+        return f"{fmt.name(args.pv, count)}{fmt.sep}{shown}"
+
     with capar.Group([args.pv], form="time", connection_timeout=args.w) as g:
-        if len(g.unique) == 1 and g.connected[0]:
-            value = _put_value(raw, dbr.native_type(int(g.ftype[0])), int(g.nelm[0]), args)
-        else:
-            value = raw[0] if len(raw) == 1 else raw  # not connected: put() reports why
-        res = g.put([value], wait=args.wait, timeout=args.w)
+        if not g.connected.all():
+            return _report_failures([(args.pv, "not connected")])
+        native, nelm = g.native_types()[0], g.element_counts()[0]
+        enums = _enum_strings([args.pv], args.w).get(args.pv) if native == ENUM else None
+        value = _put_value(raw, native, nelm, args, enums)
+        if not args.t:
+            old = g.get(timeout=args.w)
+            if not old.ok[0]:
+                return _report_failures(old.failed)
+            print("Old : " + show(old, native, nelm, None if args.n else enums))
+        res = g.put([value], wait=args.c, timeout=args.w, empty="zeros")
         if not res.ok[0]:
             return _report_failures(res.failed)
         back = g.get(timeout=args.w)
     if not back.ok[0]:
         return _report_failures(back.failed)
-    v = back.values[0]
-    enums = {} if args.n or not _is_int(v) else _enum_strings([args.pv], args.w)
-    print(f"{args.pv} {_display(args.pv, v, enums, args.S)}")
+    print(("" if args.t else "New : ") + show(back, native, nelm, None if args.n else enums))
+    assert dbr is not None
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import capar
+    if args.s is not None:  # libca's own report of the client context
+        from .ca import surface
 
+        surface.client_status(None, args.s)
+        return 0
+    names = _names(args)
+    if args.verbose:
+        import capar
+
+        failed = []
+        for name in names:
+            text = capar.cainfo(name, print_out=False, timeout=args.w, connection_timeout=args.w)
+            if text is None:
+                failed.append((name, "not connected"))
+            else:
+                print(text)
+        return _report_failures(failed)
+    from .ca import channel
+    from .catools import dbf_text, dbr_text
+
+    chans = [channel.create_channel(n) for n in names]
     failed = []
-    for name in _names(args):
-        text = capar.cainfo(name, print_out=False, timeout=args.w, connection_timeout=args.w)
-        if text is None:
+    blocks = []
+    deadline = time.monotonic() + args.w
+    for name, ch in zip(names, chans):
+        if not channel.connect_channel(ch, timeout=max(0.0, deadline - time.monotonic())):
             failed.append((name, "not connected"))
-        else:
-            print(text)
+            continue
+        native = channel.field_type(ch)
+        blocks.append("\n".join([
+            name, "    State:            connected", f"    Host:             {channel.host_name(ch)}",
+            f"    Access:           {'' if channel.read_access(ch) else 'no '}read, "
+            f"{'' if channel.write_access(ch) else 'no '}write",
+            f"    Native data type: {dbf_text(native)}", f"    Request type:     {dbr_text(native)}",
+            f"    Element count:    {channel.element_count(ch)}"]))
+    for ch in chans:
+        channel.clear_channel(ch)
+    if blocks:
+        print("\n".join(blocks))
     return _report_failures(failed)
 
 
@@ -372,29 +548,57 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     import numpy as np
 
     import capar
-    from capar.pv import fmt_time
+    from .catools import STRING, time_text
 
     names = _names(args)
-    if args.count is not None and args.count < 1:
+    if args.max_events is not None and args.max_events < 1:
         raise UsageError("--count must be >= 1")
+    fmt = _tool_format(args)
+    modes = args.t or "s"
+    server_ts, client_ts = "s" in modes, "c" in modes
+    relative = "r" if "r" in modes else "i" if "i" in modes else "I" if "I" in modes else None
     seen: set[int] = set()
     reported: set[int] = set()
     events = 0
     out = sys.stdout
-    with capar.Monitor(names, form="time", connection_timeout=args.w) as mon:
-        # one CTRL read of the connected PVs: which are integers (printed as such), enum strings
-        up = [i for i, c in enumerate(mon.connected.tolist()) if c]
-        ints: set[int] = set()
-        enums: dict[str, tuple] = {}
-        if up:
-            probe = capar.acquire([names[i] for i in up], form="ctrl", timeout=args.w,
-                                  connection_timeout=args.w)
-            ints = {up[k] for k in range(len(probe)) if probe.ok[k] and _is_int(probe.values[k])}
-            strs = probe.ctrl.get("enum_strs")
-            if not args.n and strs is not None:
-                enums = {str(n): s for n, s, ok in zip(probe.names, strs, probe.ok) if ok and s is not None}
+    start_client = time.time()
+    first_server: Optional[float] = None
+    prev: dict[Any, tuple[float, float]] = {}
+    printed: set[int] = set()
+
+    def stamp(i: int, server: float) -> str:
+        nonlocal first_server
+        client = time.time()
+        if first_server is None:
+            first_server = server
+        parts = []
+        absolute = relative is None or i not in printed
+        if absolute:
+            if server_ts:
+                parts.append(time_text(server))
+            if client_ts:
+                parts.append(f"({time_text(client)})")
+        else:
+            ref = {"r": (first_server, start_client), "i": prev.get(None, (server, client)),
+                   "I": prev.get(i, (server, client))}[relative]
+            if server_ts:
+                parts.append("              %+12.6f" % (server - ref[0]))
+            if client_ts:
+                parts.append("              (%+12.6f)" % (client - ref[1]))
+        printed.add(i)
+        prev[None] = prev[i] = (server, client)
+        return "".join(parts)
+
+    count = args.count or None
+    with capar.Monitor(names, form="time", connection_timeout=args.w, mask=args.m, count=count) as mon:
+        reads = _Reads([names[i] for i, c in enumerate(mon.connected.tolist()) if c], args.w,
+                       enum_strings=not args.n) if mon.connected.any() else None
+        info = {}
+        if reads is not None:
+            for k, name in enumerate(reads.snap.names.tolist()):
+                info[name] = (reads.natives[k], reads.enums.get(name))
         end = time.monotonic() + args.seconds if args.seconds is not None else math.inf
-        while events < (args.count or math.inf):
+        while events < (args.max_events or math.inf):
             remaining = end - time.monotonic()
             if remaining <= 0:
                 break
@@ -411,23 +615,24 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                     continue
                 if kind == 2:
                     if i in seen:
-                        lines.append(f"{name} {fmt_time(float(batch.timestamp[k]))} <disconnected>")
+                        lines.append(f"{fmt.name(name, 1)}{fmt.sep}{time_text(time.time())} *** disconnected")
                     elif i not in reported:  # never connected: say so now, not only at the end
                         reported.add(i)
                         print(f"{name}: not connected", file=sys.stderr)
                     continue
+                native, enums = info.get(name, (None, None))
                 v: Any = batch.values[k] if batch.values is not None else batch.value[k]
-                if isinstance(v, (float, np.floating)) and i in ints and math.isfinite(v):
-                    v = int(v)
-                elif isinstance(v, np.floating):
-                    v = float(v)
-                text = _display(name, v, enums, args.S)
-                line = f"{name} {fmt_time(float(batch.timestamp[k]))} {text}"
-                if int(batch.severity[k]) > 0:
-                    line += " " + _alarm(int(batch.status[k]), int(batch.severity[k]))
-                lines.append(line)
+                if native is None:
+                    native = STRING if isinstance(v, str) else 6
+                if isinstance(v, np.generic):
+                    v = v.item()
+                shown = fmt.values(v, native, None, enums, counted=bool(args.count))
+                n_el = len(v) if hasattr(v, "__len__") and not isinstance(v, str) else 1
+                lines.append(f"{fmt.name(name, n_el)}{fmt.sep}{stamp(i, float(batch.timestamp[k]))}{fmt.sep}"
+                             f"{_wide_values(shown, fmt.sep)}"
+                             f"{fmt.alarm(int(batch.status[k]), int(batch.severity[k]))}")
                 events += 1
-                if args.count is not None and events >= args.count:
+                if args.max_events is not None and events >= args.max_events:
                     break
             if lines:
                 out.write("\n".join(lines) + "\n")
@@ -618,17 +823,27 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"capar {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def timeout(p: argparse.ArgumentParser, default: float = 5.0) -> None:
-        p.add_argument("-w", type=float, default=default, metavar="SEC",
-                       help=f"timeout in seconds: connection, read, put completion (default {default:g})")
+    def timeout(p: argparse.ArgumentParser, default: Optional[float] = 5.0) -> None:
+        if default is None:  # EPICS base's tools: 1 s, or EPICS_CLI_TIMEOUT
+            from .catools import cli_timeout
 
-    def sources(p: argparse.ArgumentParser) -> None:
+            default = cli_timeout()
+            note = "EPICS_CLI_TIMEOUT or 1"
+        else:
+            note = f"{default:g}"
+        p.add_argument("-w", type=float, default=default, metavar="SEC",
+                       help=f"timeout in seconds: connection, read, put completion (default {note})")
+
+    def sources(p: argparse.ArgumentParser, short_macros: bool = True, short_file: bool = True) -> None:
+        """PV names: arguments, a names file, a request file.  The EPICS tools' commands give up -f (a
+        float format there) and camonitor's -m (the event mask): their long forms stay."""
         p.add_argument("pvs", nargs="*", metavar="PV", help="PV names")
-        p.add_argument("-f", "--file", metavar="FILE", help="file with PV names (one or more per line, # comments)")
+        p.add_argument(*(("-f", "--file") if short_file else ("--file",)), metavar="FILE",
+                       help="file with PV names (one or more per line, # comments)")
         p.add_argument("-r", "--request", metavar="FILE.req",
                        help="autosave request file (macros $(P), includes 'file other.req P=...')")
-        p.add_argument("-m", "--macros", action="append", metavar="P=...,Q=...",
-                       help="macros for the request file (repeatable)")
+        p.add_argument(*(("-m", "--macros") if short_macros else ("--macros",)), action="append",
+                       metavar="P=...,Q=...", help="macros for the request file (repeatable)")
 
     def bulk(p: argparse.ArgumentParser) -> None:
         p.add_argument("--processes", type=_positive_int, metavar="K",
@@ -641,39 +856,75 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for numbers (default 0)")
         p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance for numbers (default 0)")
 
-    p = sub.add_parser("get", help="read PVs (caget)", description="Read PVs and print 'NAME VALUE' lines.")
-    timeout(p)
-    sources(p)
-    p.add_argument("-a", action="store_true", help="add timestamp, alarm status and severity")
-    p.add_argument("-n", action="store_true", help="enums as numbers")
-    p.add_argument("-S", action="store_true", help="char arrays as text")
+    def epics_format(p: argparse.ArgumentParser, floats: bool = True, ints: bool = True) -> None:
+        """The value-format options EPICS base's caget/camonitor share (tool_lib.c)."""
+        p.add_argument("-F", default=" ", metavar="SEP", type=_separator,
+                       help="alternate output field separator (one character)")
+        p.add_argument("-n", action="store_true", help="print ENUM values as numbers")
+        p.add_argument("-S", action="store_true", help="print a char array as a string (long string)")
+        p.add_argument("-#", dest="count", type=_positive_int, metavar="N",
+                       help="request and print the first N elements of arrays (with the count)")
+        p.add_argument("-p", type=int, metavar="PRIO", help="CA priority (accepted, not used by capar)")
+        if floats:
+            for kind in "efg":
+                p.add_argument(f"-{kind}", dest="float_digits", type=_digits(kind), metavar="N",
+                               help=f"floating point as %%{kind} with N digits")
+            p.add_argument("-s", action="store_true", help="floating point as the server formats it (PREC)")
+            p.add_argument("-l", dest="long_base", choices="xob", metavar="x|o|b",
+                           help="-lx/-lo/-lb: floating point rounded to a long, in hex/octal/binary")
+        if ints:
+            p.add_argument("-0", dest="int_base", choices="xob", metavar="x|o|b",
+                           help="-0x/-0o/-0b: integers in hex/octal/binary")
+
+    p = sub.add_parser("get", help="read PVs (caget)",
+                       description="Read PVs and print them as EPICS base's caget does ('NAME VALUE'; arrays as "
+                                   "'NAME COUNT V1 V2 ...').  Failures go to stderr (exit status 1).")
+    timeout(p, None)
+    sources(p, short_file=False)
+    p.add_argument("-t", action="store_true", help="terse: the value only")
+    p.add_argument("-a", action="store_true", help="wide: NAME TIMESTAMP VALUE STAT SEVR")
+    p.add_argument("-c", action="store_true", help="read the current number of elements (callback get)")
+    p.add_argument("-d", type=_dbr_type, metavar="TYPE",
+                   help="request DBR type TYPE (number or name, DBR_ prefix optional) and print its fields")
+    epics_format(p)
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("put", help="write one PV (caput)",
-                       description="Write VALUE (several values: an array) and print 'NAME NEWVALUE'.")
-    timeout(p)
-    p.add_argument("-c", "--wait", action="store_true", help="wait for processing to complete")
+                       description="Write VALUE (all arguments joined by spaces; -a: an array) and print the old "
+                                   "and new values as EPICS base's caput does.")
+    timeout(p, None)
+    p.add_argument("-c", "--wait", dest="c", action="store_true", help="wait for processing to complete")
     p.add_argument("-a", action="store_true", help="array: the first value is the element count (caput -a)")
-    p.add_argument("-n", action="store_true", help="enums as numbers")
-    p.add_argument("-S", action="store_true", help="write a char array PV from text")
+    p.add_argument("-t", action="store_true", help="terse: print only the new value")
+    p.add_argument("-l", action="store_true", help="long: NAME TIMESTAMP VALUE STAT SEVR")
+    p.add_argument("-s", action="store_true", help="ENUM values as state strings only")
+    epics_format(p, floats=False, ints=False)
     p.add_argument("pv", metavar="PV")
     p.add_argument("values", nargs="+", metavar="VALUE")
     p.set_defaults(func=cmd_put)
 
-    p = sub.add_parser("info", help="describe PVs (cainfo)")
-    timeout(p)
-    sources(p)
+    p = sub.add_parser("info", help="describe PVs (cainfo)",
+                       description="Print state, host, access, native type and element count as cainfo does.")
+    timeout(p, None)
+    sources(p, short_file=False)
+    p.add_argument("-s", type=int, metavar="LEVEL", help="print libca's client status report at LEVEL")
+    p.add_argument("-p", type=int, metavar="PRIO", help="CA priority (accepted, not used by capar)")
+    p.add_argument("-v", "--verbose", action="store_true", help="pyepics' cainfo paragraph (value, metadata)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("monitor", help="print changes (camonitor)",
-                       description="Print 'NAME TIMESTAMP VALUE' for every change until Ctrl-C, --count or "
-                                   "--seconds.")
-    timeout(p)
-    sources(p)
-    p.add_argument("--count", type=int, metavar="N", help="stop after N value events")
+                       description="Print 'NAME TIMESTAMP VALUE [STAT SEVR]' for every change, as camonitor "
+                                   "does, until Ctrl-C, --count or --seconds.")
+    timeout(p, None)
+    sources(p, short_macros=False, short_file=False)
+    p.add_argument("-m", type=_event_mask, metavar="MASK",
+                   help="event mask: any of v (value), a (alarm), l (log), p (property); default va")
+    p.add_argument("-t", metavar="MODE",
+                   help="timestamps: s server (default), c client, n none; r relative, i incremental, "
+                        "I incremental per channel (combine, e.g. -t sc)")
+    p.add_argument("--count", dest="max_events", type=int, metavar="N", help="stop after N value events")
     p.add_argument("--seconds", type=float, metavar="T", help="stop after T seconds")
-    p.add_argument("-n", action="store_true", help="enums as numbers")
-    p.add_argument("-S", action="store_true", help="char arrays as text")
+    epics_format(p)
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("snapshot", help="read PVs into a snapshot file or stdout",
@@ -721,6 +972,42 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
     return v
+
+
+def _separator(text: str) -> str:
+    if len(text) != 1:
+        raise argparse.ArgumentTypeError(f"the separator must be one character, not {text!r}")
+    return text
+
+
+def _digits(kind: str) -> Callable[[str], tuple[str, int]]:
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of digits: {text!r}") from None
+        if not 0 <= n <= 17:
+            raise argparse.ArgumentTypeError(f"precision {n} out of range (0..17)")
+        return kind, n
+    return parse
+
+
+def _dbr_type(text: str) -> int:
+    from .catools import parse_dbr_type
+
+    value = parse_dbr_type(text)
+    if value is None or value > 34:
+        raise argparse.ArgumentTypeError(f"invalid or unsupported DBR type {text!r} (0..34, e.g. TIME_DOUBLE)")
+    return value
+
+
+def _event_mask(text: str) -> int:
+    from .catools import parse_mask
+
+    value = parse_mask(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"invalid event mask {text!r}: use letters v, a, l, p")
+    return value
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
