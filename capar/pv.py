@@ -692,6 +692,8 @@ def get_pv(pvname: str, form: str = "time", connect: bool = False, context: Any 
     key = (name, form, ctx)
     cache = _pv_cache()
     pv = cache.get(key)
+    if pv is not None and pv.chid is not None and not pv._channel_known():
+        pv = None  # its channel was cleared under it (ca.clear_channel of the shared chid): a fresh PV
     if pv is None:
         if ctx != ca.context.ensure_context():
             raise RuntimeError("PV is not in cache for user-requested context")
