@@ -404,7 +404,7 @@ class PV:
                 self.get_ctrlvars()
             x = val[0] if array else val
             try:
-                prec = int(self._args["precision"] or 0)
+                prec = self._args["precision"]  # None (not read yet): str(value), as pyepics
                 fmt = "%%.%df"
                 if x != 0 and 4 < abs(int(math.log10(abs(x + 1.e-9)))):
                     fmt = "%%.%dg"

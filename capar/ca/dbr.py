@@ -111,10 +111,11 @@ def native_type(ftype: int) -> int:
 
 
 def promote_type(ftype: int, use_time: bool = False, use_ctrl: bool = False) -> int:
-    """Promote a native type to its TIME or CTRL form (CTRL wins)."""
+    """Promote a native type to its TIME or CTRL form (CTRL wins).  As pyepics: a STRING's CTRL form is
+    TIME_STRING (DBR_CTRL_STRING carries no more than status and severity; TIME_STRING adds the time)."""
     n = native_type(ftype)
     if use_ctrl:
-        return 28 + n
+        return 28 + n if n != STRING else TIME_STRING
     if use_time:
         return 14 + n
     return n
