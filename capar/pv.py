@@ -154,8 +154,8 @@ class PV:
     # -- connection ----------------------------------------------------------------------------
     def _check_process(self) -> None:
         if self._epoch is not ca.context.registry():
-            raise ca.ContextError(f"PV {self.pvname!r} was created in another process (before fork); "
-                                  "create it again in this process")
+            raise ca.ContextError(f"PV {self.pvname!r} was created in another process (before fork), or before "
+                                  "finalize_libca(); create it again")
 
     def _on_connect(self, pvname: Optional[str] = None, chid: Any = None, conn: bool = True) -> None:
         if self.chid is None:

@@ -151,7 +151,7 @@ out = {}
 name = P + "s1992"
 hits = []
 def cb(pvname=None, value=None, char_value=None, trip_point=None, comparison=None, **kw):
-    hits.append([pvname, value, char_value, trip_point, comparison])
+    hits.append([pvname, value, trip_point, comparison])  # (char_value depends on whether PREC was read yet)
 a = epics.Alarm(name, comparison="gt", trip_point=5000, callback=cb, alert_delay=0)
 out["repr"] = repr(a)
 for v in (6000, 1992, 7000, 8000, 1992):

@@ -168,7 +168,7 @@ def test_guard_missed_by_the_parent_is_caught_in_the_child_and_breaks_the_pool(t
     # the parent's map raised BrokenProcessPool; each child printed UnguardedMainError
     assert rc == 0, err
     assert out.split()[0] == "BrokenProcessPool", (out, err)
-    assert "UnguardedMainError: CAPool started in a child process" in err
+    assert "UnguardedMainError: CAPool started in a child process" in err, err
 
 
 def _die_in_initializer() -> None:

@@ -64,6 +64,7 @@ class Registry:
         self.callbacks: dict[str, Any] = {}      # CFUNCTYPE objects kept alive for libca
         self.extras: dict[str, Any] = {}         # per-process caches of higher layers (PV cache ...)
         self.finalized = False
+        self.exiting = False  # finalized by interpreter exit: no restart (finalize_libca() by hand allows one)
         self.preemptive = True
         # where libca's printed messages go: None = libca's default (stderr); else a callable taking the text
         # (capar.ca.WITH_CA_MESSAGES False, the pyepics default: the 'capar.ca' logger at DEBUG, off the terminal)
@@ -132,9 +133,11 @@ def initialize_libca() -> Any:
     to False before the first CA call.
     """
     reg = registry()
+    if reg.finalized and not reg.exiting:
+        reg = _restart(reg)
     with reg.lock:
         if reg.finalized:
-            raise ContextError("libca was finalized in this process")
+            raise ContextError("libca was finalized in this process (interpreter exit)")
         lib = _load(reg)
         if reg.initial_context is not None:
             return lib
@@ -161,7 +164,24 @@ def initialize_libca() -> Any:
 def _atexit_finalize(ref: "weakref.ref[Registry]") -> None:
     reg = ref()
     if reg is not None and reg is _state["registry"] and reg.pid == os.getpid():
+        reg.exiting = True
         finalize_libca()
+
+
+def _restart(old: Registry) -> Registry:
+    """A fresh registry after an explicit :func:`finalize_libca` (pyepics lets a program call
+    ``initialize_libca()`` again).  Channels, PVs and Groups of before stay unusable (ContextError)."""
+    with old.lock:
+        if _state["registry"] is not old:
+            return _state["registry"]
+        reg = Registry(lib=None)
+        _state["registry"] = reg
+    for hook in list(_fork_hooks):
+        try:
+            hook()
+        except Exception:  # pragma: no cover - a layer's reset must never break the restart
+            log.exception("capar: reset hook failed")
+    return reg
 
 
 def finalize_libca(maxtime: float = 10.0) -> None:
@@ -228,6 +248,7 @@ def ensure_context() -> int:
     lib = reg.lib
     if lib is None or reg.initial_context is None:
         initialize_libca()
+        reg = registry()  # a new one if the program had finalized libca and starts again
         lib = reg.lib
     if reg.finalized:
         raise ContextError("libca was finalized in this process")
