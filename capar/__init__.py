@@ -100,7 +100,7 @@ _forkserver_by_default()
 
 #: submodules reachable as attributes after a bare `import capar` (pyepics scripts use `epics.pv.get_pv`)
 _SUBMODULES = ("pv", "bulk", "snapshot", "monitor", "parallel", "request", "testing", "cli", "demo", "alarm",
-               "device", "motor", "multiproc", "utils", "autosave", "version", "compat")
+               "device", "motor", "multiproc", "utils", "autosave", "version", "compat", "devices")
 
 
 def __getattr__(name: str) -> object:
