@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench soak clean
+.PHONY: demo test bench soak pyepics-suite clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: $(VENV)/.stamp-test
 
 soak: $(VENV)/.stamp-test
 	$(PY) -m pytest -q -s -m soak tests
+
+pyepics-suite: $(VENV)/.stamp-test
+	CAPAR_PYEPICS_SUITE=all $(PY) -m pytest -q tests/test_pyepics_suite.py
 
 bench: $(VENV)/.stamp-bench
 	$(PY) bench/run.py
