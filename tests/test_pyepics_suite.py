@@ -94,6 +94,7 @@ def _outcomes(junit: Path) -> dict[str, str]:
     return out
 
 
+@pytest.mark.timeout(1200)
 def test_pyepics_own_suite_passes_on_capar(suite, tmp_path):
     work, env = suite
     chosen = os.environ.get("CAPAR_PYEPICS_SUITE", "")
