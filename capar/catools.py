@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from typing import Any, Optional, Sequence
 
-__all__ = ["DEFAULT_TIMEOUT", "cli_timeout", "ToolFormat", "c_escape", "stat_text", "sevr_text",
+__all__ = ["DEFAULT_TIMEOUT", "cli_timeout", "ToolFormat", "c_escape", "c_unescape", "stat_text", "sevr_text",
            "time_text", "dbf_text", "dbr_text", "parse_dbr_type", "parse_mask"]
 
 #: EPICS base's tools' default timeout (seconds), overridden by ``EPICS_CLI_TIMEOUT``
@@ -62,6 +63,37 @@ def c_escape(text: str) -> str:
             out.append(f"\\x{code:02x}")
         else:
             out.append(ch)
+    return "".join(out)
+
+
+_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\",
+            "'": "'", '"': '"', "?": "?"}
+
+
+def c_unescape(text: str) -> str:
+    """``epicsStrnRawFromEscaped``: undo C escapes (``\\n``, ``\\x41``, ``\\101`` ...)."""
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\" or i + 1 == len(text):
+            out.append(ch)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        hexa = re.match(r"[0-9a-fA-F]{1,2}", text[i + 2:]) if nxt == "x" else None
+        octal = re.match(r"[0-7]{1,3}", text[i + 1:])
+        if nxt in _ESCAPES:
+            out.append(_ESCAPES[nxt])
+            i += 2
+        elif hexa:
+            out.append(chr(int(hexa.group(0), 16)))
+            i += 2 + len(hexa.group(0))
+        elif octal:
+            out.append(chr(int(octal.group(0), 8)))
+            i += 1 + len(octal.group(0))
+        else:
+            out.append(nxt)
+            i += 2
     return "".join(out)
 
 

@@ -419,9 +419,9 @@ def _is_number(s: str) -> bool:
 
 def _unescape(text: str) -> str:
     """``epicsStrnRawFromEscaped``: the value arguments of caput may hold C escapes."""
-    from .autosave import _unescape as unescape
+    from .catools import c_unescape
 
-    return unescape(text)
+    return c_unescape(text)
 
 
 def _put_value(raw: list[str], native: int, nelm: int, args: argparse.Namespace,

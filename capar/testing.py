@@ -222,22 +222,6 @@ def _child_env(client_env: dict[str, str]) -> dict[str, str]:
 
 
 
-# caproto's fake motor record IOC (a pure-Python CA server with real motor record fields), plus the same
-# stdin-EOF watch as the repeater so that it dies with its parent.
-_MOTOR_SCRIPT = r'''
-import os, runpy, signal, sys, threading
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-def _watch():
-    try:
-        while sys.stdin.buffer.read(4096):
-            pass
-    finally:
-        os._exit(0)
-threading.Thread(target=_watch, daemon=True).start()
-sys.argv[1:] = ["--prefix", sys.argv[1], "--interfaces", "127.0.0.1", "--quiet"]
-runpy.run_module("caproto.ioc_examples.fake_motor_record", run_name="__main__", alter_sys=True)
-'''
-
 # --------------------------------------------------------------------------------------------------
 # the IOC child process
 # --------------------------------------------------------------------------------------------------
@@ -336,7 +320,7 @@ os._exit(0)
 
 # The repeater: ``python -m capar.ca.repeater`` (libca's ca_repeater(), blocks in C with the GIL
 # released), plus a thread that exits the process at EOF on stdin so it dies with its parent.
-_REPEATER_SCRIPT = r'''
+_STDIN_WATCH = r'''
 import os, runpy, signal, sys, threading
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 def _watch():
@@ -346,8 +330,17 @@ def _watch():
     finally:
         os._exit(0)
 threading.Thread(target=_watch, daemon=True).start()
+'''
+_REPEATER_SCRIPT = _STDIN_WATCH + r'''
 sys.argv[1:] = ["--foreground"]  # keep stdin: its EOF is how this repeater learns that its parent died
 runpy.run_module("capar.ca.repeater", run_name="__main__", alter_sys=True)
+'''
+
+# caproto's fake motor record IOC (a pure-Python CA server with real motor record fields), plus the same
+# stdin-EOF watch as the repeater so that it dies with its parent.
+_MOTOR_SCRIPT = _STDIN_WATCH + r'''
+sys.argv[1:] = ["--prefix", sys.argv[1], "--interfaces", "127.0.0.1", "--quiet"]
+runpy.run_module("caproto.ioc_examples.fake_motor_record", run_name="__main__", alter_sys=True)
 '''
 
 _ERROR_MARKERS = ("ERROR", "Error", "Bad ", "Can't", "failed")

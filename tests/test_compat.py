@@ -77,7 +77,7 @@ def test_compat_c_and_subprocess_and_unknown_module(prefix):
         child = subprocess.run([sys.executable, "-c", "import epics; print(epics.__name__)"],
                                capture_output=True, text=True)
         try:
-            import epics.devices
+            import epics.wx
             missing = None
         except ImportError as exc:
             missing = str(exc)
@@ -85,7 +85,7 @@ def test_compat_c_and_subprocess_and_unknown_module(prefix):
     ''')
     name, value, child, missing = last_json(run(["-m", "capar.compat", "-c", code]))
     assert (name, value, child) == ("capar", 3.0, "capar")  # subprocesses inherit the alias via PYTHONPATH
-    assert "epics.devices" in missing and "capar" in missing
+    assert "epics.wx" in missing and "capar" in missing
 
 
 def test_compat_runs_a_pyepics_based_test_module_under_pytest(tmp_path, prefix):

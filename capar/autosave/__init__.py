@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from ..catools import c_escape, c_unescape
 from ..snapshot import SnapshotFormatError
 
 __all__ = ["save_pvs", "restore_pvs", "AutoSaver", "read_sav", "format_sav", "SavEntry", "SavFormatError",
@@ -40,22 +41,6 @@ _FLOAT, _ENUM, _DOUBLE, _STRING, _CHAR = 2, 3, 6, 0, 4
 
 
 # -- writing -------------------------------------------------------------------------------------------
-
-def _escape_scalar(text: str) -> str:
-    """epicsStrPrintEscaped: C escapes for control characters, quotes and backslash."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in "\\'\"":
-            out.append("\\" + ch)
-        elif ch in "\a\b\f\n\r\t\v":
-            out.append("\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(ch)])
-        elif code < 0x20 or code == 0x7f:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
 
 def _escape_element(text: str) -> str:
     out = []
@@ -87,7 +72,7 @@ def _scalar_text(v: Any, ftype: int) -> str:
         return str(int(v))
     if isinstance(v, (int, np.integer)):
         return str(int(v))
-    return _escape_scalar(str(v))
+    return c_escape(str(v))
 
 
 def _element_text(v: Any, ftype: int, dtype: Optional[np.dtype]) -> str:
@@ -156,39 +141,11 @@ def _umask() -> int:
 
 # -- reading -----------------------------------------------------------------------------------------
 
-_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\",
-            "'": "'", '"': '"', "?": "?"}
 _INT = re.compile(r"[+-]?\d+\Z")
 
 
 class SavFormatError(SnapshotFormatError):
     """A ``.sav`` file is truncated or malformed (the message names file and line)."""
-
-
-def _unescape(text: str) -> str:
-    out, i = [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "\\" or i + 1 == len(text):
-            out.append(ch)
-            i += 1
-            continue
-        nxt = text[i + 1]
-        if nxt in _ESCAPES:
-            out.append(_ESCAPES[nxt])
-            i += 2
-        elif nxt == "x" and re.match(r"[0-9a-fA-F]{1,2}", text[i + 2:]):
-            digits = re.match(r"[0-9a-fA-F]{1,2}", text[i + 2:]).group(0)  # type: ignore[union-attr]
-            out.append(chr(int(digits, 16)))
-            i += 2 + len(digits)
-        elif nxt in "01234567":
-            digits = re.match(r"[0-7]{1,3}", text[i + 1:]).group(0)  # type: ignore[union-attr]
-            out.append(chr(int(digits, 8)))
-            i += 1 + len(digits)
-        else:
-            out.append(nxt)
-            i += 2
-    return "".join(out)
 
 
 def _scalar_value(text: str) -> Any:
@@ -197,8 +154,8 @@ def _scalar_value(text: str) -> Any:
     try:
         x = float(text)
     except ValueError:
-        return _unescape(text)
-    return x if text.strip() == text and text else _unescape(text)
+        return c_unescape(text)
+    return x if text.strip() == text and text else c_unescape(text)
 
 
 def _array_elements(body: str, where: str) -> list[str]:
@@ -311,7 +268,7 @@ def read_sav(path: Union[str, os.PathLike], require_end: bool = True) -> list[Sa
         if rest.startswith("@array@"):
             entries.append(SavEntry(name, _parse_array(rest[len("@array@"):], where), True, None))
         else:
-            entries.append(SavEntry(name, _scalar_value(rest), True, _unescape(rest)))
+            entries.append(SavEntry(name, _scalar_value(rest), True, c_unescape(rest)))
     if require_end and not ended:
         raise SavFormatError(f"{path}: truncated .sav file (no <END> marker after {len(entries)} PVs)")
     return entries

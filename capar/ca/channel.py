@@ -146,11 +146,16 @@ def _copy_dbr(args: Any) -> tuple[int, int, np.ndarray]:
     return int(args.type), int(args.count), raw
 
 
-def _on_get(args: Any) -> None:
+def _live_entry(chid: Any) -> Optional[_Entry]:
+    """The entry of a callback's channel, or None when capar is finalized or no longer knows the channel."""
     reg = registry()
     if reg.finalized:
-        return
-    entry = reg.channels.get(args.chid or 0)
+        return None
+    return reg.channels.get(chid or 0)
+
+
+def _on_get(args: Any) -> None:
+    entry = _live_entry(args.chid)
     if entry is None:
         return
     ftype = int(args.usr or 0)
@@ -211,10 +216,7 @@ def _on_event(args: Any) -> None:
 
 
 def _on_access(args: Any) -> None:
-    reg = registry()
-    if reg.finalized:
-        return
-    entry = reg.channels.get(args.chid or 0)
+    entry = _live_entry(args.chid)
     if entry is None:
         return
     read, write = bool(args.access & 1), bool(args.access & 2)

@@ -93,12 +93,17 @@ def _reset_after_fork() -> Registry:
     inherited = old.initial_context
     reg = Registry(lib=old.lib, inherited_context=inherited)
     _state["registry"] = reg
+    _run_reset_hooks()
+    return reg
+
+
+def _run_reset_hooks() -> None:
+    """Let the layers drop what they kept of the registry that was just replaced (fork, restart)."""
     for hook in list(_fork_hooks):
         try:
             hook()
-        except Exception:  # pragma: no cover - a layer's reset must never break the child
-            log.exception("capar: at-fork reset hook failed")
-    return reg
+        except Exception:  # pragma: no cover - a layer's reset must never break the new registry
+            log.exception("capar: registry reset hook failed")
 
 
 _fork_hooks: list[Callable[[], None]] = []
@@ -176,11 +181,7 @@ def _restart(old: Registry) -> Registry:
             return _state["registry"]
         reg = Registry(lib=None)
         _state["registry"] = reg
-    for hook in list(_fork_hooks):
-        try:
-            hook()
-        except Exception:  # pragma: no cover - a layer's reset must never break the restart
-            log.exception("capar: reset hook failed")
+    _run_reset_hooks()
     return reg
 
 
