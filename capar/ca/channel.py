@@ -291,13 +291,18 @@ def set_ca_messages(writer: Optional[Callable], reg: Any = None) -> None:
         return
     install_callbacks(reg)
     handler = reg.callbacks["printf"] if writer is not None else PrintfHandler()  # NULL: libca's default
-    cur = reg.lib.ca_current_context()
-    for ctx in list(reg.contexts):
-        if reg.lib.ca_attach_context(ctx) in (errors.ECA.NORMAL, errors.ECA.ISATTACHED):
-            reg.lib.ca_replace_printf_handler(handler)
-            reg.lib.ca_detach_context()
+    lib = reg.lib
+    cur = lib.ca_current_context()
     if cur:
-        reg.lib.ca_attach_context(cur)
+        lib.ca_detach_context()  # a thread attaches to one context at a time: visit each, then come back
+    try:
+        for ctx in list(reg.contexts):
+            if lib.ca_attach_context(ctx) == errors.ECA.NORMAL:
+                lib.ca_replace_printf_handler(handler)
+                lib.ca_detach_context()
+    finally:
+        if cur:
+            lib.ca_attach_context(cur)
 
 
 def install_callbacks(reg: Any) -> None:
