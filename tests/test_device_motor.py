@@ -100,7 +100,7 @@ out = {}
 d = epics.Device(P, attrs=("ao", "longout", "stringout", "mbbo"), aliases={"drive": "ao", "text": "stringout"})
 out["repr"] = repr(d)
 out["reads"] = [d.ao, d.drive, d.text, d.longout, d.get("mbbo", as_string=True), d.get("mbbo"), d.stringin,
-                d.get("wf_long", count=3)]
+                d.get("wf_long")]  # (a get with count= races the first monitor event for the cached value)
 out["pvnames"] = sorted(pv.pvname for pv in d._pvs.values())
 out["put"] = d.put("s1990", 12.5, wait=True)
 out["after_put"] = d.get("s1990")

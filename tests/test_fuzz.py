@@ -759,6 +759,7 @@ def test_regression_longdouble_overflow_put_to_double_pv(scratch):
     # ... and on a live DOUBLE PV: the put either fails naming the PV (the PV keeps its value) or writes inf
     name = scratch[0]
     chid = ca.create_channel(name, connect=True)
+    assert capar.caput(name, 1400.0, wait=True, timeout=10.0) == 1  # earlier examples may have left inf there
     old = ca.get(chid, timeout=5.0)
     assert isinstance(old, float) and math.isfinite(old), old
     if outcome == "BadValue":
