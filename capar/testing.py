@@ -848,6 +848,10 @@ class IOC:
                 try:
                     line = self._lines.get(timeout=min(remaining, 0.5))
                 except queue.Empty:
+                    # rsrv could not bind our port (taken between free_port() and iocInit): it then hangs
+                    # without a server, so try another port rather than wait for the deadline
+                    if any("No TCP server started" in ln for ln in self._log_lines(log_start)):
+                        raise _PortTaken(self.port) from None
                     continue
                 if line is None:
                     proc.wait(5)
