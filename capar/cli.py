@@ -196,29 +196,6 @@ class _Reader:
         self.close()
 
 
-def _concat(parts: list) -> Any:
-    """One Snapshot from consecutive chunk Snapshots (time form, no ctrl columns)."""
-    import numpy as np
-
-    from .snapshot import Snapshot
-
-    if len(parts) == 1:
-        return parts[0]
-    names = [str(n) for p in parts for n in p.names.tolist()]
-    cat = {k: np.concatenate([getattr(p, k) for p in parts])
-           for k in ("value", "values", "status", "severity", "timestamp", "ok", "error")}
-    return Snapshot(names, form=parts[0].form, created=parts[0].created,
-                    elapsed=float(sum(p.elapsed for p in parts)), **cat)
-
-
-def _subset(snap: Any, idx: Any) -> Any:
-    from .snapshot import Snapshot
-
-    return Snapshot([str(n) for n in snap.names[idx].tolist()], snap.value[idx], snap.values[idx],
-                    snap.status[idx], snap.severity[idx], snap.timestamp[idx], snap.ok[idx], snap.error[idx],
-                    form=snap.form, created=snap.created)
-
-
 def _read_many(names: list[str], args: argparse.Namespace, desc: str) -> Any:
     bar = _progress(len(names), desc)
     try:
@@ -227,7 +204,9 @@ def _read_many(names: list[str], args: argparse.Namespace, desc: str) -> Any:
             for a, b in _steps(len(names), args, bar):
                 parts.append(reader.read(names[a:b]))
                 bar.update(b - a)
-        return _concat(parts)
+        from .snapshot import Snapshot
+
+        return Snapshot.concat(parts)
     finally:
         bar.close()
 
@@ -709,7 +688,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if todo.size == 0:
         print(f"capar: {args.snapshot}: no value to restore", file=sys.stderr)
         return 0
-    want = _subset(saved, todo)
+    want = saved.take(todo)
     names = [str(n) for n in want.names.tolist()]
     if args.dry_run:
         return _dry_run(want, names, args)
@@ -719,7 +698,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         with _Reader(args) as reader:
             for a, b in _steps(len(names), args, bar):
-                part = _subset(want, np.arange(a, b))
+                part = want.take(slice(a, b))
                 values = part.values.tolist()
                 with reader.group(names[a:b]) as g:
                     res = g.put(values, wait=args.wait, timeout=args.w)

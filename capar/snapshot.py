@@ -108,6 +108,30 @@ class Snapshot:
             snap._set(i, r.value, r.status, r.severity, r.timestamp, r.ok, r.error)
         return snap
 
+    _COLUMNS = ("value", "values", "status", "severity", "timestamp", "ok", "error")
+
+    def take(self, idx: Any) -> "Snapshot":
+        """The PVs at positions *idx* (indices, a slice or a boolean mask) as a new Snapshot, ctrl columns too."""
+        names = [str(n) for n in np.atleast_1d(self.names[idx]).tolist()]
+        cols = {k: np.atleast_1d(getattr(self, k)[idx]) for k in self._COLUMNS}
+        return Snapshot(names, **cols, ctrl={k: np.atleast_1d(v[idx]) for k, v in self.ctrl.items()},
+                        form=self.form, created=self.created, elapsed=self.elapsed)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Snapshot"]) -> "Snapshot":
+        """One Snapshot of *parts* in order (e.g. chunks of one read): created is the first part's, elapsed
+        the sum; ctrl columns are kept where every part has them."""
+        if not parts:
+            raise ValueError("Snapshot.concat needs at least one Snapshot")
+        if len(parts) == 1:
+            return parts[0]
+        names = [str(n) for p in parts for n in p.names.tolist()]
+        cols = {k: np.concatenate([getattr(p, k) for p in parts]) for k in cls._COLUMNS}
+        common = set(parts[0].ctrl).intersection(*(p.ctrl for p in parts[1:]))
+        ctrl = {k: np.concatenate([p.ctrl[k] for p in parts]) for k in sorted(common)}
+        return cls(names, **cols, ctrl=ctrl, form=parts[0].form, created=parts[0].created,
+                   elapsed=float(sum(p.elapsed for p in parts)))
+
     def _set(self, i: int, value: Any, status: int, severity: int, timestamp: float, ok: bool,
              error: Optional[str]) -> None:
         self.values[i] = value

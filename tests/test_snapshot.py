@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import capar
 from capar import Snapshot, acquire
 from capar.snapshot import Row, SnapshotFormatError
 
@@ -116,3 +117,19 @@ def test_saved_file_has_umask_permissions(tmp_path):
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["perm.json"]  # no temporary file left
+
+
+def test_take_and_concat_keep_every_column(prefix):
+    names = [prefix + n for n in ("ao", "mbbo", "nothere", "wf_double", "stringin")]
+    snap = capar.acquire(names, form="ctrl", timeout=2.0, connection_timeout=0.5)
+    part = snap.take([3, 0])
+    assert part.names.tolist() == [names[3], names[0]] and part.form == "ctrl"
+    assert part.values[1] == 3.5 and part.values[0].tolist() == [1, 2, 3, 4, 5]
+    assert part.ctrl["units"].tolist() == [snap.ctrl["units"][3], snap.ctrl["units"][0]]
+    whole = capar.Snapshot.concat([snap.take(slice(0, 2)), snap.take(slice(2, 5))])
+    assert whole.names.tolist() == names and whole.ok.tolist() == snap.ok.tolist()
+    assert whole.error[2] == snap.error[2] and not snap.diff(whole).changed
+    assert sorted(whole.ctrl) == sorted(snap.ctrl)
+    assert capar.Snapshot.concat([snap]) is snap
+    with pytest.raises(ValueError):
+        capar.Snapshot.concat([])

@@ -121,3 +121,31 @@ print('ok', len(seen))
                          env=dict(os.environ))
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+CALLBACK_WAITS = r'''
+import sys, threading
+import capar.ca as ca
+P = sys.argv[1]
+ca.create_channel(P + "ao", connect=True)
+done = []
+def on_connection(pvname=None, chid=None, conn=None):
+    # a user callback that waits for another thread which itself calls capar
+    t = threading.Thread(target=lambda: done.append(ca.create_channel(P + "s5", connect=True)))
+    t.start()
+    t.join(10.0)
+    done.append(not t.is_alive())
+ca.create_channel(P + "ao", callback=on_connection)  # already connected: the callback runs at once
+print("FINISHED" if done and done[-1] is True and len(done) == 2 else f"STUCK {done}")
+'''
+
+
+def test_connection_callback_waiting_for_a_thread_calling_capar_does_not_deadlock(prefix):
+    """capar runs user callbacks outside its own locks (here: a connection callback create_channel runs for
+    an already connected channel, which waits for a thread that creates another channel)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", CALLBACK_WAITS, prefix], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "FINISHED", proc.stdout + proc.stderr

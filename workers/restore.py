@@ -24,13 +24,6 @@ def short(v):
     return repr(v)
 
 
-def subset(snap, idx):
-    """The PVs *idx* of *snap* as a new Snapshot."""
-    return capar.Snapshot([str(n) for n in snap.names[idx]], snap.value[idx], snap.values[idx],
-                          snap.status[idx], snap.severity[idx], snap.timestamp[idx], snap.ok[idx],
-                          snap.error[idx], form=snap.form, created=snap.created)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="exit status: 0 all restored, 1 some failed, 2 bad snapshot file")
@@ -48,7 +41,7 @@ def main(argv=None):
         return 2
     for i in np.flatnonzero(~saved.ok):
         print(f"{saved.names[i]} skipped saved with error: {saved.error[i]}")
-    want = subset(saved, np.flatnonzero(saved.ok))
+    want = saved.take(np.flatnonzero(saved.ok))
     names = [str(n) for n in want.names]
     values = want.values.tolist()
     if not names:

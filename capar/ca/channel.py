@@ -367,6 +367,7 @@ def create_channel(pvname: str, connect: bool = False, auto_cb: bool = True,
     ctx = ensure_context()
     reg = registry()
     lib = reg.lib
+    later: list[Callable[[], None]] = []  # user callbacks run after the lock is released, never under it
     with reg.lock:
         key = reg.by_name.get((ctx, pvname))
         entry = reg.channels.get(key) if key is not None else None
@@ -389,11 +390,13 @@ def create_channel(pvname: str, connect: bool = False, auto_cb: bool = True,
                 with entry.cond:
                     entry.conn = early
                     entry.cond.notify_all()
-                entry.run_connection_callbacks(early)
+                later.append(lambda e=entry, c=early: e.run_connection_callbacks(c))
         elif callable(callback) and callback not in entry.callbacks:
             entry.callbacks.append(callback)
             if entry.conn:
-                callback(pvname=pvname, chid=entry.chid, conn=True)
+                later.append(lambda e=entry, cb=callback: cb(pvname=pvname, chid=e.chid, conn=True))
+    for call in later:
+        call()
     if connect:
         connect_channel(entry.chid)
     return ctypes.c_long(entry.chid)
