@@ -16,6 +16,7 @@ import numpy as np
 
 from .ca import dbr
 from .ca.bulk import BulkChannels
+from .ca.dbr import c_string
 from .ca.channel import BadValue, check_name, encode_value
 from .ca.context import registry
 from .ca.errors import ECA, eca_message, seconds
@@ -222,7 +223,7 @@ class Group:
                 if lost.any():
                     self.connected[bad[lost]] = False
             if dbr.native_type(dtype) == dbr.STRING:
-                strs = [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in vals.tolist()]
+                strs = [c_string(b) for b in vals.tolist()]
                 values[good] = _obj(strs)
             else:
                 value[good] = vals
@@ -281,7 +282,7 @@ class Group:
         if enum:
             strs = buf[k]["strs"][: int(buf[k]["no_str"])]
             try:
-                return bytes(strs[int(v)]).split(b"\0", 1)[0].decode("utf-8", "replace")
+                return c_string(bytes(strs[int(v)]))
             except IndexError:
                 return str(v)
         if native == dbr.CHAR:
@@ -291,9 +292,9 @@ class Group:
     def _array_value(self, rtype: int, vals: np.ndarray) -> Any:
         native = dbr.native_type(rtype)
         if native == dbr.STRING:
-            return [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in vals.tolist()]
+            return [c_string(b) for b in vals.tolist()]
         if native == dbr.CHAR and self.as_string:
-            return bytes(vals).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+            return c_string(bytes(vals)).strip()
         return vals  # a view into this read's private buffer: no second copy
 
     # -- writes -------------------------------------------------------------------------------------
@@ -379,11 +380,11 @@ def _fill_ctrl(cols: dict[str, np.ndarray], idx: np.ndarray, recs: np.ndarray) -
     if "precision" in names:
         cols["precision"][idx] = recs["precision"]
     if "units" in names:
-        cols["units"][idx] = _obj([bytes(u).split(b"\0", 1)[0].decode("utf-8", "replace")
+        cols["units"][idx] = _obj([c_string(bytes(u))
                                    for u in recs["units"].tolist()])
     if "no_str" in names:
         cols["enum_strs"][idx] = _obj([
-            tuple(bytes(s).split(b"\0", 1)[0].decode("utf-8", "replace") for s in r["strs"][: int(r["no_str"])])
+            tuple(c_string(bytes(s)) for s in r["strs"][: int(r["no_str"])])
             for r in recs])
 
 

@@ -388,7 +388,7 @@ class PV:
             return val
         if ntype == dbr.CHAR and (self.nelm > 1 or force_long_string) and np.ndim(val) >= 1:
             raw = bytes(np.asarray(val, dtype=np.uint8).tolist())
-            cval = raw.split(b"\0", 1)[0].decode("utf-8", "replace").rstrip()
+            cval = dbr.c_string(raw).rstrip()
             self._args["char_value"] = cval
             return cval
         cval = repr(val)

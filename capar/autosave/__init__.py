@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from ..ca.dbr import c_string
 from ..catools import c_escape, c_unescape
 from ..snapshot import SnapshotFormatError
 
@@ -65,7 +66,7 @@ def _number(v: Any, ftype: int) -> str:
 
 def _scalar_text(v: Any, ftype: int) -> str:
     if isinstance(v, (bytes, np.bytes_)):
-        v = bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
+        v = c_string(bytes(v))
     if ftype in (_FLOAT, _DOUBLE) or (ftype < 0 and isinstance(v, (float, np.floating))):
         return _number(v, ftype if ftype >= 0 else _DOUBLE)
     if isinstance(v, (bool, np.bool_)):
@@ -77,7 +78,7 @@ def _scalar_text(v: Any, ftype: int) -> str:
 
 def _element_text(v: Any, ftype: int, dtype: Optional[np.dtype]) -> str:
     if isinstance(v, (bytes, np.bytes_)):
-        v = bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
+        v = c_string(bytes(v))
     if isinstance(v, str):
         return _escape_element(v)
     if ftype == _FLOAT or (ftype < 0 and dtype is not None and dtype == np.float32):
@@ -293,7 +294,7 @@ def _save(names: Sequence[str], save_file: str, verbose: bool, timeout: float = 
         v = snap.values[i]
         if snap.ok[i] and ftypes[i] == _CHAR and str(snap.names[i]).endswith("$") and isinstance(v, np.ndarray):
             # "NAME.FIELD$": a long string read as a char array, saved as text (synApps autosave does so too)
-            v = bytes(v.astype(np.uint8)).split(b"\0", 1)[0].decode("utf-8", "replace")
+            v = c_string(bytes(v.astype(np.uint8)))
         values.append(v)
     text = format_sav([str(n) for n in snap.names], values, snap.ok.tolist(), ftypes)
     _write_atomic(save_file, text)

@@ -545,7 +545,7 @@ def _as_string(entry: _Entry, ftype: int, values: np.ndarray, val: Any, count: i
     native = dbr.native_type(ftype)
     if native == dbr.CHAR and count < AUTOMONITOR_MAXLENGTH:
         raw = bytes(np.asarray(values, dtype=np.uint8))
-        return raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+        return dbr.c_string(raw).strip()
     if native == dbr.ENUM and count <= 1 and np.ndim(val) == 0:
         strs = get_enum_strings(entry.chid)
         try:
@@ -566,7 +566,7 @@ def unpack_value(entry: _Entry, ftype: int, values: np.ndarray, count: Optional[
     lib = registry().lib
     elem_count = int(lib.ca_element_count(entry.chid)) if lib is not None else n
     if native == dbr.STRING:
-        out = [b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in values.tolist()]
+        out = [dbr.c_string(b) for b in values.tolist()]
         return out[0] if (len(out) == 1 and elem_count <= 1) else out
     if native == dbr.CHAR and elem_count > 1:
         return values.copy() if as_numpy else _ctypes_array(native, values)

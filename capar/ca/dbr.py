@@ -18,7 +18,7 @@ __all__ = [
     "CS_NEVER_CONN", "CS_PREV_CONN", "CS_CONN", "CS_CLOSED", "OP_CONN_UP", "OP_CONN_DOWN",
     "DBE_VALUE", "DBE_LOG", "DBE_ALARM", "DBE_PROPERTY",
     "native_type", "promote_type", "is_time", "is_ctrl", "dtype_of", "value_dtype", "value_offset",
-    "dbr_size_n", "decode", "unpack_metadata", "to_posix", "ctrl_limits",
+    "dbr_size_n", "decode", "unpack_metadata", "to_posix", "ctrl_limits", "c_string",
 ]
 
 STRING, SHORT, FLOAT, ENUM, CHAR, LONG, DOUBLE = range(7)
@@ -155,7 +155,8 @@ def to_posix(secs: Any, nsec: Any) -> Any:
     return np.add(np.add(secs, EPICS2UNIX_EPOCH, dtype=np.float64), np.multiply(nsec, 1e-9))
 
 
-def _text(b: bytes) -> str:
+def c_string(b: bytes) -> str:
+    """The text of a C string buffer: up to its first NUL, UTF-8 (undecodable bytes replaced)."""
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
@@ -182,13 +183,13 @@ def unpack_metadata(ftype: int, header: np.void) -> dict[str, Any]:
     if "precision" in names:
         md["precision"] = int(header["precision"])
     if "units" in names:
-        md["units"] = _text(bytes(header["units"]))
+        md["units"] = c_string(bytes(header["units"]))
     for lim in ctrl_limits:
         if lim in names:
             md[lim] = header[lim].item()
     if "no_str" in names:
         n = max(0, min(int(header["no_str"]), MAX_ENUM_STATES))
-        md["enum_strs"] = tuple(_text(bytes(s)) for s in header["strs"][:n])
+        md["enum_strs"] = tuple(c_string(bytes(s)) for s in header["strs"][:n])
     return md
 
 

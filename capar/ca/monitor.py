@@ -280,7 +280,7 @@ class MonitorCore:
             voff = 0
         if mode == MODE_STRING or mode == MODE_STRINGS:
             raw = _string_at(src + voff, dbr.MAX_STRING_SIZE * cnt)
-            items = [raw[k:k + dbr.MAX_STRING_SIZE].split(b"\0", 1)[0].decode("utf-8", "replace")
+            items = [dbr.c_string(raw[k:k + dbr.MAX_STRING_SIZE])
                      for k in range(0, len(raw), dbr.MAX_STRING_SIZE)]
             value: Any = items if mode == MODE_STRINGS else (items[0] if items else "")
         else:
