@@ -17,7 +17,7 @@ import numpy as np
 from .ca import dbr
 from .ca.bulk import BulkChannels
 from .ca.dbr import c_string
-from .ca.channel import BadValue, check_name, encode_value
+from .ca.channel import BadValue, check_names, encode_value
 from .ca.context import registry
 from .ca.errors import ECA, eca_message, seconds
 from .snapshot import Snapshot
@@ -51,17 +51,7 @@ class PutResult:
 
 
 def _validate(names: Iterable[Any]) -> tuple[list[Any], list[Optional[str]]]:
-    if isinstance(names, (str, bytes)):
-        raise TypeError("names must be a list of PV names, not a single string")
-    names = list(names)
-    errs: list[Optional[str]] = []
-    for n in names:
-        try:
-            check_name(n)
-            errs.append(None)
-        except (TypeError, ValueError) as exc:
-            errs.append(f"bad name: {exc}")
-    return names, errs
+    return check_names(names)
 
 
 class Group:

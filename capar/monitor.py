@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from .ca.channel import check_name
+from .ca.channel import check_name, check_names
 from .ca.context import registry
 from .ca.errors import seconds
 from .ca.monitor import (
@@ -102,26 +102,20 @@ class Monitor:
                  callback: Optional[Callable[[Batch], Any]] = None, connection_timeout: float = 5.0,
                  timeout: float = 1.0, latency: float = 0.005) -> None:
         self._core: Optional[MonitorCore] = None
-        if isinstance(names, (str, bytes)):
-            raise TypeError("names must be a list of PV names, not a single string")
+        checked_names, name_errors = check_names(names)
         if count is not None and (not isinstance(count, (int, np.integer)) or count < 0):
             raise ValueError(f"count must be a non-negative int or None, not {count!r}")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-        self.names: list[str] = list(names)
+        self.names: list[str] = checked_names
         self.form = form
         self.timeout = seconds(timeout)
         self.latency = float(latency)
         self._last_drain = 0.0
         self.connection_timeout = seconds(connection_timeout, "connection_timeout")
-        self._name_errors: dict[int, str] = {}
-        encoded: list[Optional[bytes]] = []
-        for i, n in enumerate(self.names):
-            try:
-                encoded.append(check_name(n).encode("utf-8"))
-            except (TypeError, ValueError) as exc:
-                self._name_errors[i] = f"bad name: {exc}"
-                encoded.append(None)
+        self._name_errors: dict[int, str] = {i: e for i, e in enumerate(name_errors) if e is not None}
+        encoded: list[Optional[bytes]] = [None if e is not None else check_name(n).encode("utf-8")
+                                          for n, e in zip(self.names, name_errors)]
         close_orphans()
         self._overflow_seen = 0
         self._consume_lock = threading.Lock()

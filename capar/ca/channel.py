@@ -118,6 +118,24 @@ class _Entry:
                 log.exception("capar: connection callback for %s raised", self.pvname)
 
 
+def check_names(names: Any) -> tuple[list[Any], list[Optional[str]]]:
+    """A list of PV names and, per name, None or ``"bad name: <reason>"`` (:func:`check_name`'s verdict).
+
+    A single string instead of a list is a TypeError (a common slip: ``Group("PV")``).
+    """
+    if isinstance(names, (str, bytes)):
+        raise TypeError("names must be a list of PV names, not a single string")
+    names = list(names)
+    errors_: list[Optional[str]] = []
+    for n in names:
+        try:
+            check_name(n)
+            errors_.append(None)
+        except (TypeError, ValueError) as exc:
+            errors_.append(f"bad name: {exc}")
+    return names, errors_
+
+
 # --------------------------------------------------------------------------------------------------
 # C callbacks (run on libca threads)
 
