@@ -406,7 +406,7 @@ class PV:
             try:
                 prec = self._args["precision"]  # None (not read yet): str(value), as pyepics
                 fmt = "%%.%df"
-                if x != 0 and 4 < abs(int(math.log10(abs(x + 1.e-9)))):
+                if 4 < abs(int(math.log10(abs(x + 1.e-9)))):  # 0 -> log10(1e-9): %g, as pyepics
                     fmt = "%%.%dg"
                 cval = (fmt % prec) % x
             except (ValueError, TypeError, ArithmeticError, OverflowError):
