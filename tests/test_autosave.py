@@ -190,3 +190,78 @@ def test_epics_autosave_module_paths():
 
     assert sr.save_pvs is save_pvs and sr.AutoSaver is capar.autosave.AutoSaver
     assert os.path.basename(capar.autosave.__file__) == "__init__.py"
+
+
+#: records the differential test saves and restores under both libraries, and what it scribbles on them
+#: (lso and wf_empty are left out: pyepics' save_pvs writes the previous PV's value for an empty array, below)
+DIFF_SCRIBBLE = {"ao": -1.25, "ai": 9, "bo": 0, "mbbo": 0, "longout": 7, "stringout": "x y", "int64out": 5,
+                 "wf_double": [9.0, 8.0], "wf_long": [7], "wf_string": ["q"], "wf_text": "abc", "wf_float": [0.5],
+                 "wf_short": [4, 4, 4]}
+
+DIFF_SCRIPT = r'''
+import sys, time, io, contextlib, epics
+from epics.autosave import save_pvs, restore_pvs
+req, sav, names, scribble = sys.argv[1], sys.argv[2], sys.argv[3::2], sys.argv[4::2]
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    save_pvs(req, sav, debug=True)
+before = [epics.caget(n, use_monitor=False) for n in names]
+for n, v in zip(names, scribble):
+    epics.caput(n, eval(v), wait=True)
+scribbled = [epics.caget(n, use_monitor=False) for n in names]
+with contextlib.redirect_stdout(out):
+    ok = restore_pvs(sav, debug=True)
+time.sleep(0.5)  # restore_pvs does not wait for its puts
+after = [epics.caget(n, use_monitor=False) for n in names]
+lines = out.getvalue().splitlines()
+emit({"ok": ok, "before": before, "after": after, "changed": [repr(a) != repr(b) for a, b in zip(before, scribbled)],
+      "printed": [ln.split(" = ")[0].split(" to ")[0] for ln in lines], "last": lines[lines.index(
+          [ln for ln in lines if ln.startswith("wrote ")][0])]})
+'''
+
+
+def test_same_script_under_pyepics_and_capar(tmp_path, prefix, ioc):
+    """save_pvs, scribble, restore_pvs, read back: the same script text under both libraries."""
+    from _diff import assert_same, run_both
+
+    names = [prefix + r for r in DIFF_SCRIBBLE]
+    original = capar.acquire(names, timeout=5.0).values.tolist()
+    req = tmp_path / "d.req"
+    req.write_text("# differential\n" + "".join(n + "\n" for n in names))
+    args = [str(req), str(tmp_path / "d.sav")]
+    for n, v in zip(names, DIFF_SCRIBBLE.values()):
+        args += [n, repr(v)]
+    try:
+        pyepics, capar_side = run_both(DIFF_SCRIPT, args, ioc.env)
+    finally:
+        capar.caput_many(names, original, wait="all")
+    assert pyepics["ok"] is True and all(pyepics["changed"]), pyepics
+    assert_same(pyepics["before"], pyepics["after"])  # pyepics restored everything it saved
+    assert_same(pyepics, capar_side)  # and capar did the same, printing the same lines
+    assert capar_side["last"] == f"wrote {tmp_path / 'd.sav'}"
+
+
+def test_arrays_of_one_and_no_elements(tmp_path, prefix, capsys):
+    """A waveform holding one element is a scalar line (as synApps autosave writes it) and restores as one
+    element; an empty one is '@array@ { }', which Channel Access cannot write back (zero elements): that PV
+    alone fails, said so, and restore_pvs returns False.  (pyepics' save_pvs writes the value of the PV before
+    an empty array in its place: its count-0 case sets no value.)"""
+    names = [prefix + "wf_long", prefix + "wf_string", prefix + "wf_double", prefix + "wf_empty"]
+    original = capar.acquire(names, timeout=5.0).values.tolist()
+    req, sav = tmp_path / "one.req", tmp_path / "one.sav"
+    req.write_text("".join(n + "\n" for n in names))
+    try:
+        capar.caput_many(names[:3], [[7], ["a b"], [2.5]], wait="all")
+        save_pvs(str(req), str(sav))
+        assert sav.read_text().splitlines()[1:] == [
+            f"{names[0]} 7", f"{names[1]} a b", f"{names[2]} 2.5", f"{names[3]} @array@ {{ }}", "<END>"]
+        capar.caput_many(names[:3], [[1, 2, 3], ["x", "y"], [1.0, 2.0]], wait="all")
+        capsys.readouterr()
+        assert restore_pvs(str(sav)) is False
+        assert capsys.readouterr().out == f"Error restoring {names[3]} to [] : bad value: cannot put an empty " \
+            f"array to '{names[3]}'\n"
+        time.sleep(0.3)
+        now = capar.acquire(names, timeout=5.0).values.tolist()
+        assert [np.asarray(v).tolist() for v in now] == [[7], ["a b"], [2.5], []]
+    finally:  # wf_empty was never written (a put of [] would write NELM zeros there)
+        capar.caput_many(names[:3], original[:3], wait="all")
