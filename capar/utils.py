@@ -6,11 +6,6 @@ from typing import Any, Sequence
 
 __all__ = ["IOENCODING", "str2bytes", "bytes2str", "strjoin", "clib_search_path"]
 
-try:  # pyepics decodes bytes that are not IOENCODING with charset_normalizer's guess when it is there
-    from charset_normalizer import from_bytes as _from_bytes
-except ImportError:
-    _from_bytes = None
-
 #: text encoding of PV strings: ``PYEPICS_ENCODING``, else ``PYTHONIOENCODING``, else UTF-8 (as pyepics)
 IOENCODING = os.environ.get("PYEPICS_ENCODING", os.environ.get("PYTHONIOENCODING", "utf-8"))
 
@@ -23,21 +18,16 @@ def str2bytes(st1: Any) -> bytes:
 
 
 def bytes2str(st1: Any) -> str:
-    """Bytes to text in :data:`IOENCODING`; other objects go through ``str()``.
-
-    Bytes that are not valid in :data:`IOENCODING` raise ``UnicodeDecodeError``, unless ``charset_normalizer``
-    is installed: then its best guess of the charset decodes them (as pyepics).
-    """
+    """Bytes to text in :data:`IOENCODING`; undecodable bytes are replaced (pyepics guesses a charset
+    with ``charset_normalizer`` when it is installed, else raises); other objects go through ``str()``."""
     if isinstance(st1, str):
         return st1
-    if not isinstance(st1, bytes):
-        return str(st1)
-    try:
-        return str(st1, IOENCODING)
-    except UnicodeDecodeError:
-        if _from_bytes is None:
-            raise
-    return str(_from_bytes(st1).best())
+    if isinstance(st1, bytes):
+        try:
+            return str(st1, IOENCODING)
+        except UnicodeDecodeError:
+            return st1.decode(IOENCODING, "replace")
+    return str(st1)
 
 
 def strjoin(sep: Any, seq: Sequence[Any]) -> str:

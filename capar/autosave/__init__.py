@@ -11,8 +11,7 @@ Files are written as synApps autosave writes them (``asApp/src/save_restore.c``)
     <END>
 
 FLOAT values as ``%.7g``, DOUBLE as ``%.14g``, ENUM as its index, other scalars as text with C escapes, arrays
-as quoted elements (``\\"``, ``\\\\``, ``\\n`` escaped; :func:`save_pvs` writes an array holding one element as a
-scalar line, as autosave does, and an empty one as ``@array@ { }``), a PV that could not be read commented out, and the
+as quoted elements (``\\"``, ``\\\\``, ``\\n`` escaped), a PV that could not be read commented out, and the
 ``<END>`` marker that says the file is complete.  Reading accepts these files, the ``@array@ [1, 2]`` arrays
 that pyepics' ``save_pvs`` writes, and files without the header; a file without ``<END>`` is refused as
 truncated.  The PVs are read and written through capar's bulk path (one deadline for all).
@@ -234,8 +233,8 @@ def read_sav(path: Union[str, os.PathLike], require_end: bool = True) -> list[Sa
     """The entries of a ``.sav`` file in file order.
 
     Numbers become int/float, arrays numpy arrays (or lists of str), other values text with C escapes
-    undone (:class:`SavEntry`).  Raises :class:`SavFormatError` (file:line) for malformed lines and, with
-    *require_end*, for a file without ``<END>`` (truncated while it was written).
+    undone (:class:`SavEntry`).  Raises :class:`SavFormatError` (file:line) for malformed lines and, with *require_end*, for a
+    file without ``<END>`` (truncated while it was written).
     """
     path = os.fspath(path)
     try:
@@ -296,18 +295,12 @@ def _save(names: Sequence[str], save_file: str, verbose: bool, timeout: float = 
         if snap.ok[i] and ftypes[i] == _CHAR and str(snap.names[i]).endswith("$") and isinstance(v, np.ndarray):
             # "NAME.FIELD$": a long string read as a char array, saved as text (synApps autosave does so too)
             v = c_string(bytes(v.astype(np.uint8)))
-        elif snap.ok[i] and isinstance(v, (np.ndarray, list)) and len(v) == 1:
-            # an array holding one element is a scalar line for synApps autosave (curr_elements <= 1)
-            v = v[0].item() if isinstance(v, np.ndarray) else v[0]
         values.append(v)
     text = format_sav([str(n) for n in snap.names], values, snap.ok.tolist(), ftypes)
     _write_atomic(save_file, text)
     if verbose:
         for i, name in enumerate(snap.names):
-            if snap.ok[i]:  # the value as written to the file
-                print(f"PV {name} = {_line(str(name), values[i], ftypes[i]).partition(' ')[2]}")
-            else:
-                print(f"PV {name} not connected")
+            print(f"PV {name} = {values[i]}" if snap.ok[i] else f"PV {name} not connected")
     return int((~snap.ok).sum())
 
 
@@ -340,9 +333,8 @@ def restore_pvs(filepath: str, debug: bool = False, timeout: float = 5.0) -> boo
     failures = 0
     for i, name in enumerate(names):
         if res.ok[i]:
-            if debug:  # the value as the file has it (a scalar's text, an array as a list)
-                shown = entries[i].text if entries[i].text is not None else _as_list(entries[i].value)
-                print(f"Setting {name} to {shown}")
+            if debug:
+                print(f"Setting {name} to {values[i]}")
             continue
         failures += 1
         err = str(res.error[i])
@@ -353,10 +345,6 @@ def restore_pvs(filepath: str, debug: bool = False, timeout: float = 5.0) -> boo
         else:
             print(f"Error restoring {name} to {values[i]} : {err}")
     return failures == 0
-
-
-def _as_list(value: Any) -> Any:
-    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 class AutoSaver:
