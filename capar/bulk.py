@@ -18,7 +18,7 @@ from .ca import dbr
 from .ca.bulk import BulkChannels
 from .ca.dbr import c_string
 from .ca.channel import BadValue, check_names, encode_value
-from .ca.context import registry
+from .ca.context import current
 from .ca.errors import ECA, eca_message, seconds
 from .snapshot import Snapshot
 
@@ -50,10 +50,6 @@ class PutResult:
         return [1 if ok else -1 for ok in self.ok.tolist()]
 
 
-def _validate(names: Iterable[Any]) -> tuple[list[Any], list[Optional[str]]]:
-    return check_names(names)
-
-
 class Group:
     """Many channels connected together, read and written in one round trip each.
 
@@ -72,7 +68,7 @@ class Group:
             raise ValueError(f"form must be one of {FORMS}, not {form!r}")
         if count is not None and (not isinstance(count, (int, np.integer)) or count < 0):
             raise ValueError(f"count must be a non-negative int or None, not {count!r}")
-        self.names, self._name_errors = _validate(names)
+        self.names, self._name_errors = check_names(names)
         self.form = form
         self.count = None if not count else int(count)
         self.as_string = as_string
@@ -86,16 +82,14 @@ class Group:
              for n, e in zip(self.names, self._name_errors)], dtype=np.int64)
         self._display_names = [n_ if isinstance(n_, str) else repr(n_) for n_ in self.names]
         t0 = time.monotonic()
-        reg = registry()
-        _close_orphans(reg)
-        self._chans = BulkChannels([n.encode("utf-8") for n in self.unique])
+        ctx = current()
+        ctx.close_orphans()
+        self._chans = BulkChannels([n.encode("utf-8") for n in self.unique], ctx)
         try:
-            weakref.finalize(self, _orphaned, reg, self._chans)
-            groups = reg.extras.setdefault("groups", weakref.WeakSet())
-            groups.add(self)
-            hooks = reg.extras.setdefault("clear_cache_hooks", [])
-            if _close_all_groups not in hooks:
-                hooks.append(_close_all_groups)
+            # dropped without close(): the channels are queued for the context's next owner or clear_cache
+            # (no libca call in a finalizer, which may run on any thread, even inside a libca callback)
+            weakref.finalize(self, ctx.orphan, self._chans)
+            ctx.adopt(self)  # closed by clear_cache and at exit
             self.connected = self._chans.wait_connected(t0 + self.connection_timeout)
             self._refresh_info()
         except BaseException:  # Ctrl-C while connecting: nobody will ever close these channels
@@ -387,28 +381,6 @@ def _take(col: np.ndarray, m: np.ndarray) -> np.ndarray:
     valid = m >= 0
     out[valid] = col[m[valid]]
     return out
-
-
-def _close_all_groups() -> None:
-    reg = registry()
-    for g in list(reg.extras.get("groups", ())):
-        g.close()
-    _close_orphans(reg)
-
-
-def _orphaned(reg: Any, chans: BulkChannels) -> None:
-    """Finalizer of a Group dropped without close(): queue its channels for the next Group or clear_cache.
-
-    No libca call here: a finalizer may run on any thread, even inside a libca callback.
-    """
-    if not chans.closed:
-        reg.extras.setdefault("group_orphans", []).append(chans)
-
-
-def _close_orphans(reg: Any) -> None:
-    orphans = reg.extras.get("group_orphans")
-    while orphans:
-        orphans.pop().close()
 
 
 def acquire(names: Iterable[str], form: str = "time", timeout: float = 2.0, connection_timeout: float = 5.0,

@@ -226,8 +226,9 @@ class ToolFormat:
             items = (items + [pad] * max(0, count - len(items)))[:count]
         n = len(items)
         if self.char_as_str and native == CHAR and (counted or n > 1):
-            raw = bytes(int(x) & 0xFF for x in items).split(b"\0", 1)[0]
-            return c_escape(raw.decode("utf-8", "replace"))
+            from .ca.dbr import c_string
+
+            return c_escape(c_string(bytes(int(x) & 0xFF for x in items)))
         body = self.sep.join(self.element(x, native, enum_strs) for x in items)
         if counted or n > 1:
             return f"{n}{self.sep}{body}"

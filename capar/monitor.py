@@ -25,17 +25,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from .ca.channel import check_name, check_names
-from .ca.context import registry
+from .ca.context import current
 from .ca.errors import seconds
 from .ca.monitor import (
-    KIND_CONNECTED, KIND_DISCONNECTED, KIND_VALUE, MonitorCore, close_orphans, decode,
+    KIND_CONNECTED, KIND_DISCONNECTED, KIND_VALUE, MonitorCore, decode,
 )
 
 __all__ = ["Monitor", "Batch", "KIND_VALUE", "KIND_CONNECTED", "KIND_DISCONNECTED"]
@@ -68,12 +67,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.index)
-
-
-def _close_all_monitors() -> None:
-    for mon in list(registry().extras.get("monitors", ())):
-        mon.close()
-    close_orphans()
 
 
 class Monitor:
@@ -116,17 +109,15 @@ class Monitor:
         self._name_errors: dict[int, str] = {i: e for i, e in enumerate(name_errors) if e is not None}
         encoded: list[Optional[bytes]] = [None if e is not None else check_name(n).encode("utf-8")
                                           for n, e in zip(self.names, name_errors)]
-        close_orphans()
+        ctx = current()
+        ctx.close_orphans()
         self._overflow_seen = 0
         self._consume_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._callback = callback
-        self._core = core = MonitorCore(encoded, form=form, count=count, mask=mask, queue_size=queue_size)
-        reg = registry()
-        reg.extras.setdefault("monitors", weakref.WeakSet()).add(self)
-        hooks = reg.extras.setdefault("clear_cache_hooks", [])
-        if _close_all_monitors not in hooks:
-            hooks.append(_close_all_monitors)
+        self._core = core = MonitorCore(encoded, form=form, count=count, mask=mask, queue_size=queue_size,
+                                        ctx=ctx)
+        ctx.adopt(self)  # closed by clear_cache and at exit
         try:
             core.wait_connected(self.connection_timeout)
             core.timeout_unconnected()
@@ -228,9 +219,7 @@ class Monitor:
         th = self._thread
         if th is not None and th is not threading.current_thread():
             th.join(max(self.timeout, 1.0) + 5.0)
-        mons = core.reg.extras.get("monitors")
-        if mons is not None:
-            mons.discard(self)
+        core.ctx.owners.discard(self)
 
     def __enter__(self) -> "Monitor":
         return self

@@ -47,21 +47,21 @@ def fmt_time(tstamp: Optional[float] = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(tstamp)) + frac
 
 
-def _pv_cache() -> dict:
-    reg = ca.context.registry()
-    cache = reg.extras.get("pv_cache")
-    if cache is None:
-        cache = reg.extras["pv_cache"] = {}
-        reg.extras.setdefault("clear_cache_hooks", []).append(cache.clear)
-    return cache
+def _pv_cache(context: Optional[int] = None) -> dict:
+    """get_pv's cache: (pvname, form, context handle) -> PV, kept by the context *context* (default: the
+    calling thread's; emptied by ``clear_cache``).  An unknown context has an empty one."""
+    if context is None:
+        return ca.context.current().pv_cache
+    ctx = ca.context.registry().contexts.get(context)
+    return ctx.pv_cache if ctx is not None else {}
 
 
 def clear_pvcache() -> None:
     """Disconnect and forget every cached PV of this process."""
-    cache = _pv_cache()
-    for pv in list(cache.values()):
-        pv.disconnect()
-    cache.clear()
+    for ctx in list(ca.context.registry().contexts.values()):
+        for pv in list(ctx.pv_cache.values()):
+            pv.disconnect()
+        ctx.pv_cache.clear()
 
 
 class PV:
@@ -659,7 +659,7 @@ class PV:
                     entry.access_callbacks.remove(self._on_access_rights)
             except ca.CAError:
                 pass
-        cache = _pv_cache()
+        cache = _pv_cache(self.context)
         key = (self.pvname, self.form, self.context)  # get_pv's key (O(1): 10k disconnects stay cheap)
         if cache.get(key) is self:
             del cache[key]
@@ -690,7 +690,7 @@ def get_pv(pvname: str, form: str = "time", connect: bool = False, context: Any 
         ctx = ca.context.ensure_context()
     name = pvname.pvname if isinstance(pvname, PV) else pvname.strip() if isinstance(pvname, str) else pvname
     key = (name, form, ctx)
-    cache = _pv_cache()
+    cache = _pv_cache(ctx)
     pv = cache.get(key)
     if pv is not None and pv.chid is not None and not pv._channel_known():
         pv = None  # its channel was cleared under it (ca.clear_channel of the shared chid): a fresh PV
@@ -767,7 +767,7 @@ def cainfo(pvname: str, print_out: bool = True, timeout: float = 5.0,
 
 
 def _monitors() -> dict:
-    return ca.context.registry().extras.setdefault("camonitors", {})
+    return ca.context.current().camonitors
 
 
 def camonitor_clear(pvname: str) -> None:

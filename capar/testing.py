@@ -62,7 +62,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import IO, Callable, Iterable, Iterator, Mapping, MutableMapping, Optional, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, MutableMapping, Optional, Sequence
 
 import psutil
 
@@ -80,6 +80,7 @@ __all__ = [
     "db_scalars",
     "db_counters",
     "db_waveforms",
+    "crash_worker",
     "main",
 ]
 
@@ -1842,6 +1843,41 @@ def db_waveforms(prefix: str, n: int, nelm: int) -> str:
         f'    field(PINI, "YES")\n}}\n# capar:fill {prefix}w{i} {nelm} ramp\n'
         for i in range(n)
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# fault injection for the parallel layer
+# --------------------------------------------------------------------------------------------------
+
+def _crash_class() -> type:
+    """The message class of :func:`crash_worker`, made on first use (importing capar.testing stays light)."""
+    from dataclasses import dataclass
+
+    from .parallel.shard import Message
+
+    @dataclass(frozen=True)
+    class _Crash(Message):
+        code: int
+
+        def run(self, server: Any) -> Any:
+            os._exit(self.code)  # the way a segfault ends a worker: no clean-up, no reply
+
+    _Crash.__qualname__ = "_Crash"  # pickled by reference as capar.testing._Crash (see __getattr__)
+    return _Crash
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_Crash":
+        cls = globals()["_Crash"] = _crash_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def crash_worker(coord: Any, slot: int, code: int = 139) -> None:
+    """Queue a message that makes worker *slot* of a :class:`~capar.Coordinator` exit with *code* (139 by
+    default, as a segfault would) as soon as it reads it; returns at once."""
+    cls = globals().get("_Crash") or __getattr__("_Crash")
+    coord._send_nowait(slot, cls(code))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -99,8 +99,8 @@ def test_lazy_capar_ca_names_match_their_modules():
     from capar.ca import channel, context
 
     assert set(channel.__all__) <= set(ca.__all__)
-    for name in ca.__all__:
-        assert getattr(ca, name) is not None, name
+    for name in ca.__all__:  # initial_context is None until the first CA call (pyepics' module variable)
+        assert name == "initial_context" or getattr(ca, name) is not None, name
     for name in ("get", "put", "create_channel", "pend_event", "clear_cache"):
         assert getattr(ca, name) is getattr(channel, name)
     assert ca.CAThread is context.CAThread

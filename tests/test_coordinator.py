@@ -197,7 +197,7 @@ def test_crashed_worker_in_connected_group_is_replaced(prefix, coord, caplog):
         # stop the worker, queue the crash request: it dies (exit code 139, like a segfault) as soon as it
         # runs again -- which the timer makes happen 0.3 s into the next get, while that get waits for it
         os.kill(victim, signal.SIGSTOP)
-        coord._crash_worker(0, 139)
+        capar.testing.crash_worker(coord, 0, 139)
         resumed = {}
 
         def resume():

@@ -136,7 +136,7 @@ def _good_pv(prefix: str, i: int) -> tuple[str, float]:
 
 
 def _n_channels() -> int:
-    return len(registry().channels)
+    return sum(len(ctx.channels) for ctx in registry().contexts.values())
 
 
 # ===================================================================================================

@@ -183,16 +183,16 @@ def test_callback_thread_iteration_and_close(prefix):
 
 
 def test_dropped_monitor_is_cleaned_up(prefix):
-    from capar.ca.context import registry
+    from capar.ca.context import current
 
-    reg = registry()
+    ctx = current()
     mon = Monitor([prefix + "c0", prefix + "c1"])
     keys = list(mon._core.keys)
     del mon
     gc.collect()
     with Monitor([prefix + "c2"]) as other:  # a new Monitor clears what the dropped one left
-        assert not reg.extras.get("monitor_orphans")
-        assert not any(k in reg.extras["monitor_subs"] for k in keys)
+        assert not ctx.orphans
+        assert not any(k in ctx.monitor_subs for k in keys)
         assert other.get_batch(timeout=2.0) is not None
 
 

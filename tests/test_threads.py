@@ -149,3 +149,60 @@ def test_connection_callback_waiting_for_a_thread_calling_capar_does_not_deadloc
     proc = subprocess.run([sys.executable, "-c", CALLBACK_WAITS, prefix], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "FINISHED", proc.stdout + proc.stderr
+
+
+CALLBACKS_WAIT_FOR_CAPAR = r'''
+import sys, threading, time
+import capar, capar.ca as ca
+P = sys.argv[1]
+ao = ca.create_channel(P + "ao", connect=True)
+s5 = ca.create_channel(P + "s5", connect=True)
+finished = {}
+
+def capar_work(kind):
+    # what takes capar's own locks (context tables, keys, channel entries) and needs nothing from the
+    # libca thread the callback is blocking: new channels and PVs, a subscription, puts with and without
+    # a completion callback, a get request
+    ca.create_channel(P + "s%d" % (10 + len(finished)))
+    capar.PV(P + "s%d" % (20 + len(finished)))
+    capar.get_pv(P + "s30")
+    sub = ca.create_subscription(s5, callback=lambda **kw: None)
+    ca.put(ao, 3.5)
+    ca.put(ao, 3.5, callback=lambda **kw: None)
+    ca.get(s5, wait=False)
+    return sub
+
+def waiting(kind):
+    def callback(*args, **kwargs):
+        if kind in finished:
+            return
+        t = threading.Thread(target=capar_work, args=(kind,))
+        t.start()
+        t.join(10.0)  # the callback waits for a thread calling capar
+        finished[kind] = (not t.is_alive(), threading.current_thread().name)
+    return callback
+
+ca.create_channel(P + "s9", callback=waiting("connection"))           # first connection: libca's thread
+ca.replace_access_rights_event(s5, waiting("access"))                # at once: connected already
+capar.PV(P + "counter", callback=waiting("value"))                   # monitor events: libca's thread
+ca.put(ao, 3.5, callback=waiting("put"))                             # completion: libca's thread
+t0 = time.monotonic()
+while len(finished) < 4 and time.monotonic() - t0 < 30:
+    time.sleep(0.05)
+print(sorted((k, v[0]) for k, v in finished.items()))
+print("FINISHED" if len(finished) == 4 and all(v[0] for v in finished.values()) else f"STUCK {finished}")
+'''
+
+
+def test_user_callbacks_waiting_for_threads_calling_capar_do_not_deadlock(prefix):
+    """Connection, access rights, value (PV monitor) and put callbacks each wait for a thread that calls
+    capar (channels, PVs, a subscription, puts, a get request): capar holds none of its locks while a user
+    callback runs, so every thread finishes.  (A thread calling ``clear_channel``/``clear_subscription``
+    is another matter: libca makes those wait for its callback lock, held by the waiting callback.)"""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", CALLBACKS_WAIT_FOR_CAPAR, prefix], capture_output=True,
+                          text=True, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "FINISHED", proc.stdout + proc.stderr

@@ -8,13 +8,10 @@ from its module on first use (PEP 562).  That keeps ``caRepeater`` (:mod:`capar.
 from __future__ import annotations
 
 import importlib
-#: Use preemptive callbacks (libca threads deliver events without ``pend_event``).  Set to False before the
-#: first CA call to get a non-preemptive context, as in pyepics.
-PREEMPTIVE_CALLBACK = True
-#: Let libca print its messages to the terminal (stderr).  False (pyepics' default): they go to the
-#: ``capar.ca`` logger at DEBUG level instead; see :func:`enable_ca_messages`.  Read when the first context
-#: is created.
-WITH_CA_MESSAGES = False
+import sys
+import types
+from typing import Any
+
 #: pyepics' switch for clearing channels and destroying the context at interpreter exit.  capar always does
 #: both (a libca thread calling into a finalized interpreter would crash it), so this is informational.
 AUTO_CLEANUP = True
@@ -80,3 +77,38 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def _settings() -> Any:
+    from .context import registry
+
+    return registry().settings
+
+
+class _CAModule(types.ModuleType):
+    """``capar.ca`` itself: its two settings live in the process's context registry (read when a context
+    is created), so that ``capar.ca.PREEMPTIVE_CALLBACK = False`` reaches it without a global."""
+
+    @property
+    def PREEMPTIVE_CALLBACK(self) -> bool:
+        """Use preemptive callbacks (libca threads deliver events without ``pend_event``).  Set to False
+        before the first CA call to get a non-preemptive context, as in pyepics."""
+        return bool(_settings().preemptive)
+
+    @PREEMPTIVE_CALLBACK.setter
+    def PREEMPTIVE_CALLBACK(self, value: bool) -> None:
+        _settings().preemptive = bool(value)
+
+    @property
+    def WITH_CA_MESSAGES(self) -> bool:
+        """Let libca print its messages to the terminal (stderr).  False (pyepics' default): they go to the
+        ``capar.ca`` logger at DEBUG level instead; see :func:`enable_ca_messages`.  Read when the first
+        context is created."""
+        return bool(_settings().with_ca_messages)
+
+    @WITH_CA_MESSAGES.setter
+    def WITH_CA_MESSAGES(self, value: bool) -> None:
+        _settings().with_ca_messages = bool(value)
+
+
+sys.modules[__name__].__class__ = _CAModule  # module properties (the documented idiom)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import dbr, errors
-from .context import ensure_context, registry
+from .context import CAContext, current
 from .libca import EventCallback
 
 __all__ = ["BulkChannels", "TIME_SENTINEL_NSEC"]
@@ -68,53 +68,52 @@ class _Latch:
         if n == 0:
             self.event.set()
 
+    def fill(self, slot: int, result: Any) -> None:
+        """Store one request's result (dropped once the waiter gave up)."""
+        with self.lock:
+            if not self.active:
+                return
+            self.results[slot] = result
+            self.remaining -= 1
+            if self.remaining <= 0:
+                self.event.set()
 
-def _on_bulk(args: Any) -> None:
-    reg = registry()
-    if reg.finalized:
-        return
-    table = reg.extras.get("bulk_requests")
-    if table is None:
-        return
-    key = int(args.usr or 0)
-    item = table.pop(key, None)
-    if item is None:
-        return
-    latch, slot = item
-    if args.status != errors.ECA.NORMAL:
-        result: Any = ("error", int(args.status))
-    elif args.dbr:
-        size = dbr.dbr_size_n(args.type, args.count)
-        raw = np.empty(size, dtype=np.uint8)
-        ctypes.memmove(raw.ctypes.data, args.dbr, size)
-        result = ("ok", int(args.type), int(args.count), raw)
-    else:  # put completion
-        result = ("ok", int(args.type), int(args.count), None)
-    with latch.lock:
-        if not latch.active:
+
+def _bulk_callback(ctx: CAContext) -> Any:
+    """The context's completion callback of bulk requests: fills one slot of the request's latch."""
+    table = ctx.bulk_requests
+
+    def on_bulk(args: Any) -> None:
+        if ctx.closed:
             return
-        latch.results[slot] = result
-        latch.remaining -= 1
-        if latch.remaining <= 0:
-            latch.event.set()
+        item = table.pop(int(args.usr or 0), None)
+        if item is None:
+            return
+        latch, slot = item
+        if args.status != errors.ECA.NORMAL:
+            result: Any = ("error", int(args.status))
+        elif args.dbr:
+            size = dbr.dbr_size_n(args.type, args.count)
+            raw = np.empty(size, dtype=np.uint8)
+            ctypes.memmove(raw.ctypes.data, args.dbr, size)
+            result = ("ok", int(args.type), int(args.count), raw)
+        else:  # put completion
+            result = ("ok", int(args.type), int(args.count), None)
+        latch.fill(slot, result)
 
-
-def _bulk_callback(reg: Any) -> Any:
-    cb = reg.callbacks.get("bulk")
-    if cb is None:
-        cb = reg.callbacks["bulk"] = EventCallback(_on_bulk)
-        reg.extras.setdefault("bulk_requests", {})
-    return cb
+    return EventCallback(on_bulk)
 
 
 class BulkChannels:
-    """A set of channels created without callbacks, owned by one context (see module docstring)."""
+    """A set of channels created without callbacks in one context (see module docstring).
 
-    def __init__(self, names: Sequence[bytes]) -> None:
-        self.context = ensure_context()
-        reg = registry()
-        self._reg = reg
-        lib = reg.lib
+    ctx : the :class:`~capar.ca.context.CAContext` to create them in (default: the calling thread's).
+    """
+
+    def __init__(self, names: Sequence[bytes], ctx: "CAContext | None" = None) -> None:
+        self.ctx = ctx = ctx if ctx is not None else current()
+        self.context = ctx.handle
+        lib = ctx.attach()
         n = len(names)
         self.chids = np.zeros(n, dtype=np.uintp)
         self.create_status = np.zeros(n, dtype=np.int32)
@@ -137,10 +136,7 @@ class BulkChannels:
     def _lib(self) -> Any:
         if self.closed:
             raise errors.ContextError("bulk channels already closed")
-        if self._reg is not registry():
-            raise errors.ContextError("these channels belong to another process (fork); create them again")
-        ensure_context()
-        return self._reg.lib
+        return self.ctx.attach()
 
     # -- connection ------------------------------------------------------------------------------
     def states(self, idx: "np.ndarray | None" = None) -> np.ndarray:
@@ -268,25 +264,21 @@ class BulkChannels:
         """Issue one callback request per channel (``issue(k, chid, callback, key) -> ECA status``), flush
         once and wait for all completions until *deadline*.  Late completions are dropped."""
         lib = self._lib()
-        reg = self._reg
-        cb = _bulk_callback(reg)
-        table = reg.extras["bulk_requests"]
+        ctx = self.ctx
+        cb = ctx.c_callback("bulk", _bulk_callback)
+        table = ctx.bulk_requests
         latch = _Latch(len(idx))
         keys = []
         chids = self.chids.tolist()
         try:
             for k, i in enumerate(idx.tolist()):
-                key = reg.new_key()
+                key = ctx.new_key()
                 table[key] = (latch, k)
                 keys.append(key)
                 st = issue(k, chids[i], cb, key)
                 if st != errors.ECA.NORMAL:
                     table.pop(key, None)
-                    with latch.lock:
-                        latch.results[k] = ("error", int(st))
-                        latch.remaining -= 1
-                        if latch.remaining <= 0:
-                            latch.event.set()
+                    latch.fill(k, ("error", int(st)))
             lib.ca_flush_io()
             latch.event.wait(max(deadline - time.monotonic(), 0.0))
         finally:
@@ -335,10 +327,11 @@ class BulkChannels:
         if self.closed:
             return
         self.closed = True
-        reg = self._reg
-        if reg is not registry() or reg.finalized or reg.lib is None:
+        ctx = self.ctx
+        if not ctx.alive:
             return
-        ensure_context()
+        lib = ctx.attach()
         cchids = self._cchids()
-        list(map(reg.lib.raw_ca_clear_channel, [cchids[i] for i in np.flatnonzero(self.chids).tolist()]))
-        reg.lib.ca_flush_io()
+        with ctx.teardown():
+            list(map(lib.raw_ca_clear_channel, [cchids[i] for i in np.flatnonzero(self.chids).tolist()]))
+        lib.ca_flush_io()

@@ -1,19 +1,18 @@
 """pyepics-compatible channel functions: create/connect/get/get_complete/put/subscriptions/poll/pend_*.
 
 Threads: every public function runs in the caller's thread, attached (automatically, see
-:func:`capar.ca.context.ensure_context`) to a CA context.  The four C callbacks (connection, get, put,
-subscription event) run on libca's threads in preemptive mode; they take the GIL, update one channel entry
-under its condition variable and return.  User callbacks run in that thread too, exactly as in pyepics;
-an exception in a user callback is logged, never propagated into libca.
+:func:`capar.ca.context.ensure_context`) to a CA context.  The C callbacks (connection, access rights, get,
+put, subscription event) are made per :class:`~capar.ca.context.CAContext` and run on libca's threads in
+preemptive mode; they take the GIL, update one entry of their context's tables under that entry's
+condition variable and return.  User callbacks run in that thread too, exactly as in pyepics, with no capar
+lock held; an exception in a user callback is logged, never propagated into libca.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import math
 import re
-import sys
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -21,12 +20,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import dbr, errors
-from .context import ensure_context, registry
+from .context import CAContext, current, registry
 from .errors import BadPVName, CAPutError, ChannelAccessException, ChannelAccessGetFailure
-from .libca import (
-    AccessRightsCallback, ConnectionCallback, EventCallback, ExceptionCallback, PrintfHandler, chid_t, evid_t,
-    vformat,
-)
+from .libca import AccessRightsCallback, ConnectionCallback, EventCallback, chid_t, evid_t
 
 __all__ = [
     "DEFAULT_CONNECTION_TIMEOUT", "AUTOMONITOR_MAXLENGTH", "DEFAULT_SUBSCRIPTION_MASK", "MAX_PV_NAME_LENGTH",
@@ -58,14 +54,9 @@ class BadValue(TypeError, ValueError, CAPutError):
     """A value cannot be converted to the PV's type or shape (names the PV)."""
 
 
-def _ca_setting(name: str, default: Any) -> Any:
-    """A user-settable constant of ``capar.ca`` (``PREEMPTIVE_CALLBACK``, ``WITH_CA_MESSAGES`` ...)."""
-    return getattr(sys.modules.get("capar.ca"), name, default)
-
-
 def preemptive_setting() -> bool:
     """Current value of ``capar.ca.PREEMPTIVE_CALLBACK`` (read when a context is created)."""
-    return bool(_ca_setting("PREEMPTIVE_CALLBACK", True))
+    return bool(registry().settings.preemptive)
 
 
 def check_name(pvname: Any) -> str:
@@ -90,34 +81,6 @@ def check_name(pvname: Any) -> str:
     return pvname
 
 
-class _Entry:
-    """What capar knows about one channel (owned by the registry; guarded by ``cond``)."""
-
-    __slots__ = ("chid", "pvname", "context", "callbacks", "conn", "cond", "get_results", "auto_cb",
-                 "ts", "failures", "subs", "access_callbacks", "__weakref__")
-
-    def __init__(self, chid: int, pvname: str, context: int, auto_cb: bool) -> None:
-        self.chid = chid
-        self.pvname = pvname
-        self.context = context
-        self.callbacks: list[Callable] = []
-        self.conn = False
-        self.cond = threading.Condition(threading.Lock())
-        self.get_results: dict[int, Any] = {}
-        self.auto_cb = auto_cb
-        self.ts = 0.0
-        self.failures = 0
-        self.subs: set[int] = set()  # keys of this channel's subscriptions in registry().subscriptions
-        self.access_callbacks: list[Callable] = []  # replace_access_rights_event's, called (read, write)
-
-    def run_connection_callbacks(self, conn: bool) -> None:
-        for cb in list(self.callbacks):
-            try:
-                cb(pvname=self.pvname, chid=self.chid, conn=conn)
-            except Exception:
-                log.exception("capar: connection callback for %s raised", self.pvname)
-
-
 def check_names(names: Any) -> tuple[list[Any], list[Optional[str]]]:
     """A list of PV names and, per name, None or ``"bad name: <reason>"`` (:func:`check_name`'s verdict).
 
@@ -136,24 +99,89 @@ def check_names(names: Any) -> tuple[list[Any], list[Optional[str]]]:
     return names, errors_
 
 
-# --------------------------------------------------------------------------------------------------
-# C callbacks (run on libca threads)
+class ChannelEntry:
+    """What capar knows about one channel (in its context's ``channels`` table; guarded by ``cond``)."""
 
-def _on_connect(args: Any) -> None:
-    reg = registry()
-    if reg.finalized:
-        return
-    conn = args.op == dbr.OP_CONN_UP
-    with reg.conn_lock:
-        entry = reg.channels.get(args.chid or 0)
-        if entry is None:
-            # libca may connect a channel before create_channel has registered it: keep the event
-            reg.early_connections[args.chid or 0] = conn
+    __slots__ = ("chid", "pvname", "ctx", "callbacks", "conn", "cond", "get_results", "auto_cb",
+                 "ts", "failures", "subs", "access_callbacks", "__weakref__")
+
+    def __init__(self, chid: int, pvname: str, ctx: CAContext, auto_cb: bool) -> None:
+        self.chid = chid
+        self.pvname = pvname
+        self.ctx = ctx
+        self.callbacks: list[Callable] = []
+        self.conn = False
+        self.cond = threading.Condition(threading.Lock())
+        self.get_results: dict[int, Any] = {}
+        self.auto_cb = auto_cb
+        self.ts = 0.0
+        self.failures = 0
+        self.subs: set[int] = set()  # keys of this channel's subscriptions in ctx.subscriptions
+        self.access_callbacks: list[Callable] = []  # replace_access_rights_event's, called (read, write)
+
+    @property
+    def context(self) -> int:
+        """Handle of the channel's libca context."""
+        return self.ctx.handle
+
+    def run_connection_callbacks(self, conn: bool) -> None:
+        for cb in list(self.callbacks):
+            try:
+                cb(pvname=self.pvname, chid=self.chid, conn=conn)
+            except Exception:
+                log.exception("capar: connection callback for %s raised", self.pvname)
+
+
+_Entry = ChannelEntry  # the older name
+
+
+class Subscription:
+    """One :func:`create_subscription` (in its context's ``subscriptions`` table, keyed by user argument)."""
+
+    __slots__ = ("chid", "callback", "evid")
+
+    def __init__(self, chid: int, callback: Optional[Callable]) -> None:
+        self.chid = chid
+        self.callback = callback
+        self.evid: Optional[int] = None
+
+
+class PutRequest:
+    """A ``put`` with completion callback or wait (in its context's ``puts`` table until libca answers)."""
+
+    __slots__ = ("pvname", "done", "status", "callback", "callback_data", "buf")
+
+    def __init__(self, pvname: str, callback: Optional[Callable], callback_data: Any, buf: np.ndarray) -> None:
+        self.pvname = pvname
+        self.done = threading.Event()
+        self.status: Optional[int] = None
+        self.callback = callback
+        self.callback_data = callback_data
+        self.buf = buf  # the written buffer stays alive until libca has sent it
+
+
+# --------------------------------------------------------------------------------------------------
+# C callbacks (run on libca threads), one set per context: each finds its target in its own context
+
+def _connect_callback(ctx: CAContext) -> Any:
+    channels, early, conn_lock = ctx.channels, ctx.early_connections, ctx.conn_lock
+
+    def on_connect(args: Any) -> None:
+        if ctx.closed:
             return
-    with entry.cond:
-        entry.conn = conn
-        entry.cond.notify_all()
-    entry.run_connection_callbacks(conn)
+        conn = args.op == dbr.OP_CONN_UP
+        with conn_lock:
+            entry = channels.get(args.chid or 0)
+            if entry is None:
+                # libca may connect a channel before create_channel has registered it: keep the event
+                early[args.chid or 0] = conn
+                return
+        with entry.cond:
+            entry.conn = conn
+            entry.cond.notify_all()
+        entry.run_connection_callbacks(conn)
+
+    return ConnectionCallback(on_connect)
 
 
 def _copy_dbr(args: Any) -> tuple[int, int, np.ndarray]:
@@ -164,85 +192,95 @@ def _copy_dbr(args: Any) -> tuple[int, int, np.ndarray]:
     return int(args.type), int(args.count), raw
 
 
-def _live_entry(chid: Any) -> Optional[_Entry]:
-    """The entry of a callback's channel, or None when capar is finalized or no longer knows the channel."""
-    reg = registry()
-    if reg.finalized:
-        return None
-    return reg.channels.get(chid or 0)
+def _get_callback(ctx: CAContext) -> Any:
+    channels = ctx.channels
+
+    def on_get(args: Any) -> None:
+        entry = None if ctx.closed else channels.get(args.chid or 0)
+        if entry is None:
+            return
+        ftype = int(args.usr or 0)
+        if args.status != errors.ECA.NORMAL or not args.dbr:
+            result: Any = ChannelAccessGetFailure(
+                f"get of {entry.pvname!r} failed: {errors.eca_message(args.status)}", entry.chid, args.status)
+        else:
+            result = _copy_dbr(args)
+        with entry.cond:
+            entry.get_results[ftype] = result
+            entry.cond.notify_all()
+
+    return EventCallback(on_get)
 
 
-def _on_get(args: Any) -> None:
-    entry = _live_entry(args.chid)
-    if entry is None:
-        return
-    ftype = int(args.usr or 0)
-    if args.status != errors.ECA.NORMAL or not args.dbr:
-        result: Any = ChannelAccessGetFailure(
-            f"get of {entry.pvname!r} failed: {errors.eca_message(args.status)}", entry.chid, args.status)
-    else:
-        result = _copy_dbr(args)
-    with entry.cond:
-        entry.get_results[ftype] = result
-        entry.cond.notify_all()
+def _put_callback(ctx: CAContext) -> Any:
+    puts = ctx.puts
+
+    def on_put(args: Any) -> None:
+        if ctx.closed:
+            return
+        rec = puts.pop(int(args.usr or 0), None)
+        if rec is None:
+            return
+        rec.status = int(args.status)
+        rec.done.set()
+        fn = rec.callback
+        if callable(fn):
+            data = rec.callback_data
+            kwargs = data if isinstance(data, dict) else {"data": data}
+            try:
+                fn(pvname=rec.pvname, **kwargs)
+            except Exception:
+                log.exception("capar: put callback for %s raised", rec.pvname)
+
+    return EventCallback(on_put)
 
 
-def _on_put(args: Any) -> None:
-    reg = registry()
-    if reg.finalized:
-        return
-    rec = reg.puts.pop(int(args.usr or 0), None)
-    if rec is None:
-        return
-    rec["status"] = int(args.status)
-    rec["done"].set()
-    fn = rec.get("callback")
-    if callable(fn):
-        data = rec.get("callback_data")
-        kwargs = data if isinstance(data, dict) else {"data": data}
+def _event_callback(ctx: CAContext) -> Any:
+    subs, channels = ctx.subscriptions, ctx.channels
+
+    def on_event(args: Any) -> None:
+        if ctx.closed:
+            return
+        sub = subs.get(int(args.usr or 0))
+        if sub is None or args.status != errors.ECA.NORMAL or not args.dbr:
+            return
+        entry = channels.get(args.chid or 0)
+        if entry is None:
+            return
+        ftype, count, raw = _copy_dbr(args)
         try:
-            fn(pvname=rec["pvname"], **kwargs)
+            values, header = dbr.decode(ftype, count, raw)
+            kwds: dict[str, Any] = {"ftype": ftype, "count": count, "chid": entry.chid, "pvname": entry.pvname}
+            kwds.update(dbr.unpack_metadata(ftype, header))
+            value = unpack_value(entry, ftype, values, count=count)
         except Exception:
-            log.exception("capar: put callback for %s raised", rec["pvname"])
+            log.exception("capar: cannot decode monitor event of %s", entry.pvname)
+            return
+        fn = sub.callback
+        if callable(fn):
+            try:
+                fn(value=value, **kwds)
+            except Exception:
+                log.exception("capar: monitor callback for %s raised", entry.pvname)
+
+    return EventCallback(on_event)
 
 
-def _on_event(args: Any) -> None:
-    reg = registry()
-    if reg.finalized:
-        return
-    sub = reg.subscriptions.get(int(args.usr or 0))
-    if sub is None or args.status != errors.ECA.NORMAL or not args.dbr:
-        return
-    entry = reg.channels.get(args.chid or 0)
-    if entry is None:
-        return
-    ftype, count, raw = _copy_dbr(args)
-    try:
-        values, header = dbr.decode(ftype, count, raw)
-        kwds: dict[str, Any] = {"ftype": ftype, "count": count, "chid": entry.chid, "pvname": entry.pvname}
-        kwds.update(dbr.unpack_metadata(ftype, header))
-        value = unpack_value(entry, ftype, values, count=count)
-    except Exception:
-        log.exception("capar: cannot decode monitor event of %s", entry.pvname)
-        return
-    fn = sub["callback"]
-    if callable(fn):
-        try:
-            fn(value=value, **kwds)
-        except Exception:
-            log.exception("capar: monitor callback for %s raised", entry.pvname)
+def _access_callback(ctx: CAContext) -> Any:
+    channels = ctx.channels
 
+    def on_access(args: Any) -> None:
+        entry = None if ctx.closed else channels.get(args.chid or 0)
+        if entry is None:
+            return
+        read, write = bool(args.access & 1), bool(args.access & 2)
+        for cb in list(entry.access_callbacks):
+            try:
+                cb(read, write)
+            except Exception:
+                log.exception("capar: access rights callback for %s raised", entry.pvname)
 
-def _on_access(args: Any) -> None:
-    entry = _live_entry(args.chid)
-    if entry is None:
-        return
-    read, write = bool(args.access & 1), bool(args.access & 2)
-    for cb in list(entry.access_callbacks):
-        try:
-            cb(read, write)
-        except Exception:
-            log.exception("capar: access rights callback for %s raised", entry.pvname)
+    return AccessRightsCallback(on_access)
 
 
 def replace_access_rights_event(chid: Any, callback: Optional[Callable] = None) -> None:
@@ -254,94 +292,8 @@ def replace_access_rights_event(chid: Any, callback: Optional[Callable] = None) 
     entry = channel_entry(chid)
     if callable(callback) and callback not in entry.access_callbacks:
         entry.access_callbacks.append(callback)
-    reg = registry()
-    reg.lib.ca_replace_access_rights_event(entry.chid, reg.callbacks["access"])
-
-
-def _on_exception(args: Any) -> None:
-    reg = registry()
-    if reg.finalized:
-        return
-    ctx = args.ctx.decode("utf-8", "replace") if args.ctx else ""
-    try:
-        what = reg.lib.ca_message(int(args.stat)).decode("utf-8", "replace")
-    except Exception:
-        what = errors.eca_message(args.stat)
-    text = f"CA exception: {what} ({ctx})"
-    writer = reg.ca_messages
-    if writer is None or writer is _log_message:  # libca's own messages: on, or off the terminal (pyepics)
-        log.log(logging.WARNING if writer is None else logging.INFO, "capar: %s", text)
-    else:
-        _write_message(writer, text + "\n")
-
-
-def _log_message(text: str) -> None:
-    """Where libca's printed messages go while CA messages are disabled: the 'capar.ca' logger (DEBUG)."""
-    logging.getLogger("capar.ca").debug("libca: %s", text.rstrip("\n"))
-
-
-def _write_message(writer: Callable, text: str) -> None:
-    try:
-        writer(text)
-    except Exception:  # a writer must never raise into libca's thread
-        pass
-
-
-def _on_printf(fmt: Optional[bytes], args: Any) -> int:
-    reg = registry()
-    writer = reg.ca_messages
-    if reg.finalized or writer is None:
-        return 0
-    try:
-        text = vformat(reg.lib, fmt or b"", args)
-    except Exception:
-        return 0
-    _write_message(writer, text)
-    return len(text)
-
-
-def set_ca_messages(writer: Optional[Callable], reg: Any = None) -> None:
-    """Send libca's printed messages (and CA exceptions) to ``writer(text)``, in every context of this
-    process, current and future; ``writer=None`` restores libca's default printing to stderr."""
-    reg = registry() if reg is None else reg
-    reg.ca_messages = writer
-    if reg.lib is None or reg.finalized:
-        return
-    install_callbacks(reg)
-    handler = reg.callbacks["printf"] if writer is not None else PrintfHandler()  # NULL: libca's default
-    lib = reg.lib
-    cur = lib.ca_current_context()
-    if cur:
-        lib.ca_detach_context()  # a thread attaches to one context at a time: visit each, then come back
-    try:
-        for ctx in list(reg.contexts):
-            if lib.ca_attach_context(ctx) == errors.ECA.NORMAL:
-                lib.ca_replace_printf_handler(handler)
-                lib.ca_detach_context()
-    finally:
-        if cur:
-            lib.ca_attach_context(cur)
-
-
-def install_callbacks(reg: Any) -> None:
-    """Create the CFUNCTYPE objects libca calls (kept alive by the registry)."""
-    if "connect" not in reg.callbacks:
-        reg.callbacks.update(
-            connect=ConnectionCallback(_on_connect), get=EventCallback(_on_get),
-            put=EventCallback(_on_put), event=EventCallback(_on_event),
-            exception=ExceptionCallback(_on_exception), access=AccessRightsCallback(_on_access),
-            printf=PrintfHandler(_on_printf))
-
-
-def install_exception_handler(reg: Any) -> None:
-    """Route the calling thread's (new) context's asynchronous CA exceptions to the 'capar' logger, and its
-    printed messages where :func:`set_ca_messages` says (off the terminal unless ``WITH_CA_MESSAGES``)."""
-    install_callbacks(reg)
-    reg.lib.ca_add_exception_event(reg.callbacks["exception"], None)
-    if reg.initial_context is None and not _ca_setting("WITH_CA_MESSAGES", False):
-        reg.ca_messages = _log_message
-    if reg.ca_messages is not None:
-        reg.lib.ca_replace_printf_handler(reg.callbacks["printf"])
+    ctx = entry.ctx
+    ctx.attach().ca_replace_access_rights_event(entry.chid, ctx.c_callback("access", _access_callback))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,21 +308,15 @@ def _chid_int(chid: Any) -> int:
     raise ChannelAccessException(f"not a valid chid: {chid!r}")
 
 
-def channel_entry(chid: Any) -> _Entry:
-    """The registry entry of a chid created by capar in this process (ContextError otherwise)."""
-    reg = registry()
+def channel_entry(chid: Any) -> ChannelEntry:
+    """The entry of a chid created by capar in this process, in any of its contexts (ContextError otherwise)."""
     key = _chid_int(chid)
-    entry = reg.channels.get(key)
+    entry = registry().find_channel(key)
     if entry is None:
         raise errors.ContextError(
             f"unknown channel id {key:#x}: cleared, or created in another process/context "
             "(channels do not survive fork; create them again in this process)")
     return entry
-
-
-def _lib() -> Any:
-    ensure_context()
-    return registry().lib
 
 
 def create_channel(pvname: str, connect: bool = False, auto_cb: bool = True,
@@ -382,26 +328,25 @@ def create_channel(pvname: str, connect: bool = False, auto_cb: bool = True,
     callback : called as ``callback(pvname=, chid=, conn=)`` on connection changes.
     """
     pvname = check_name(pvname)
-    ctx = ensure_context()
-    reg = registry()
-    lib = reg.lib
+    ctx = current()
+    lib = ctx.lib
     later: list[Callable[[], None]] = []  # user callbacks run after the lock is released, never under it
-    with reg.lock:
-        key = reg.by_name.get((ctx, pvname))
-        entry = reg.channels.get(key) if key is not None else None
+    with ctx.lock:
+        key = ctx.by_name.get(pvname)
+        entry = ctx.channels.get(key) if key is not None else None
         if entry is None:
             use_cb = bool(auto_cb or callable(callback))
             chid = chid_t()
-            cb = reg.callbacks["connect"] if use_cb else None
+            cb = ctx.c_callback("connect", _connect_callback) if use_cb else None
             lib.ca_create_channel(pvname.encode("utf-8"), ctypes.cast(cb, ctypes.c_void_p) if cb else None,
                                   None, 0, ctypes.byref(chid))
-            entry = _Entry(chid.value, pvname, ctx, use_cb)
+            entry = ChannelEntry(chid.value, pvname, ctx, use_cb)
             if callable(callback):
                 entry.callbacks.append(callback)
-            with reg.conn_lock:
-                reg.channels[entry.chid] = entry
-                early = reg.early_connections.pop(entry.chid, None)
-            reg.by_name[(ctx, pvname)] = entry.chid
+            with ctx.conn_lock:
+                ctx.channels[entry.chid] = entry
+                early = ctx.early_connections.pop(entry.chid, None)
+            ctx.by_name[pvname] = entry.chid
             if not use_cb:
                 entry.conn = lib.ca_state(entry.chid) == dbr.CS_CONN
             elif early is not None:
@@ -420,50 +365,37 @@ def create_channel(pvname: str, connect: bool = False, auto_cb: bool = True,
     return ctypes.c_long(entry.chid)
 
 
-def _is_conn(entry: _Entry, lib: Any) -> bool:
+def _is_conn(entry: ChannelEntry, lib: Any) -> bool:
     if entry.auto_cb:
         return entry.conn
     entry.conn = lib.ca_state(entry.chid) == dbr.CS_CONN
     return entry.conn
 
 
+def _cond_waiter(cond: threading.Condition, done: Callable[[], bool]) -> Callable[[float], Any]:
+    """A ``block`` for :meth:`CAContext.wait_until`: wait on *cond* until ``done()`` (at most *t* seconds)."""
+    def block(t: float) -> None:
+        with cond:
+            cond.wait_for(done, timeout=t)
+    return block
+
+
 def connect_channel(chid: Any, timeout: Optional[float] = None, verbose: bool = False) -> bool:
     """Wait up to *timeout* seconds (default 2.0) for a channel to connect; returns the state."""
     entry = channel_entry(chid)
-    lib = _lib()
+    lib = entry.ctx.attach()
     if _is_conn(entry, lib):
         return True
     timeout = errors.seconds(DEFAULT_CONNECTION_TIMEOUT if timeout is None else timeout)
-    deadline = time.monotonic() + timeout
-    reg = registry()
-    while True:
-        remaining = deadline - time.monotonic()
-        if _is_conn(entry, lib):
-            return True
-        if remaining <= 0:
-            break
-        if entry.auto_cb and reg.preemptive:
-            with entry.cond:
-                entry.cond.wait_for(lambda: entry.conn, timeout=remaining)
-        else:
-            lib.ca_pend_event(min(remaining, 0.01))
+    done = (lambda: entry.conn) if entry.auto_cb else (lambda: _is_conn(entry, lib))
+    if entry.ctx.wait_until(done, time.monotonic() + timeout,
+                            _cond_waiter(entry.cond, done) if entry.auto_cb else None):
+        return True
     entry.ts = time.time()
     entry.failures += 1
     if verbose:
         log.warning("capar: %s not connected after %.2f s", entry.pvname, timeout)
     return False
-
-
-def _teardown(reg: Any) -> Any:
-    """The lock that orders channel/subscription teardown (see :class:`~capar.ca.context.Registry`).
-
-    Not taken on libca's own callback threads (foreign threads, seen by Python as ``_DummyThread``): they
-    already hold libca's callback mutex, which every other thread's ``ca_clear_*`` must wait for, and a
-    callback waiting for a thread that waits for the callback would deadlock.
-    """
-    if isinstance(threading.current_thread(), threading._DummyThread):
-        return contextlib.nullcontext()
-    return reg.teardown_lock
 
 
 def clear_channel(chid: Any) -> int:
@@ -472,21 +404,30 @@ def clear_channel(chid: Any) -> int:
     A channel capar no longer knows (already cleared, by this call or :func:`clear_cache`) is not handed
     to libca again: the result is ``ECA_BADCHID``.
     """
-    reg = registry()
     key = _chid_int(chid)
-    with _teardown(reg):
-        with reg.lock:
-            with reg.conn_lock:
-                entry = reg.channels.pop(key, None)
-                reg.early_connections.pop(key, None)
+    entry = registry().find_channel(key)
+    if entry is None:
+        return errors.ECA.BADCHID
+    ctx = entry.ctx
+    with ctx.teardown():
+        with ctx.lock:
+            with ctx.conn_lock:
+                entry = ctx.channels.pop(key, None)
+                ctx.early_connections.pop(key, None)
             if entry is None:
                 return errors.ECA.BADCHID
-            reg.by_name.pop((entry.context, entry.pvname), None)
+            if ctx.by_name.get(entry.pvname) == key:
+                del ctx.by_name[entry.pvname]
             for k in list(entry.subs):
-                _forget_subscription(reg, k)
-        if reg.finalized or reg.lib is None:
+                _forget_subscription(ctx, k)
+        if not ctx.alive:
             return errors.ECA.NORMAL
-        return reg.lib.ca_clear_channel(key)
+        return ctx.lib.ca_clear_channel(key)
+
+
+def _lib_of(chid: Any) -> tuple[ChannelEntry, Any]:
+    entry = channel_entry(chid)
+    return entry, entry.ctx.attach()
 
 
 def name(chid: Any) -> str:
@@ -496,26 +437,26 @@ def name(chid: Any) -> str:
 
 def host_name(chid: Any) -> str:
     """``host:port`` of the server of a connected channel ("<disconnected>" otherwise)."""
-    entry = channel_entry(chid)
-    return registry().lib.ca_host_name(entry.chid).decode("utf-8", "replace")
+    entry, lib = _lib_of(chid)
+    return lib.ca_host_name(entry.chid).decode("utf-8", "replace")
 
 
 def element_count(chid: Any) -> int:
     """Native element count (0 while disconnected)."""
-    entry = channel_entry(chid)
-    return int(registry().lib.ca_element_count(entry.chid))
+    entry, lib = _lib_of(chid)
+    return int(lib.ca_element_count(entry.chid))
 
 
 def field_type(chid: Any) -> int:
     """Native DBR type (0..6), -1 while never connected."""
-    entry = channel_entry(chid)
-    return int(registry().lib.ca_field_type(entry.chid))
+    entry, lib = _lib_of(chid)
+    return int(lib.ca_field_type(entry.chid))
 
 
 def state(chid: Any) -> int:
     """libca channel state (``dbr.CS_CONN`` == 2 when connected)."""
-    entry = channel_entry(chid)
-    return int(registry().lib.ca_state(entry.chid))
+    entry, lib = _lib_of(chid)
+    return int(lib.ca_state(entry.chid))
 
 
 def isConnected(chid: Any) -> bool:
@@ -525,12 +466,14 @@ def isConnected(chid: Any) -> bool:
 
 def read_access(chid: Any) -> int:
     """1 when the channel may be read."""
-    return int(registry().lib.ca_read_access(channel_entry(chid).chid))
+    entry, lib = _lib_of(chid)
+    return int(lib.ca_read_access(entry.chid))
 
 
 def write_access(chid: Any) -> int:
     """1 when the channel may be written."""
-    return int(registry().lib.ca_write_access(channel_entry(chid).chid))
+    entry, lib = _lib_of(chid)
+    return int(lib.ca_write_access(entry.chid))
 
 
 def access(chid: Any) -> str:
@@ -552,7 +495,7 @@ def default_get_timeout(count: int) -> float:
     return 0.5 + math.log10(max(1, int(count)))
 
 
-def _as_string(entry: _Entry, ftype: int, values: np.ndarray, val: Any, count: int) -> Any:
+def _as_string(entry: ChannelEntry, ftype: int, values: np.ndarray, val: Any, count: int) -> Any:
     """pyepics' ``ca``-level string form of a value; *count* is the element count the caller asked for
     (0: all, pyepics' default).
 
@@ -575,14 +518,14 @@ def _as_string(entry: _Entry, ftype: int, values: np.ndarray, val: Any, count: i
     return str(val)
 
 
-def unpack_value(entry: _Entry, ftype: int, values: np.ndarray, count: Optional[int] = None,
+def unpack_value(entry: ChannelEntry, ftype: int, values: np.ndarray, count: Optional[int] = None,
                  as_numpy: bool = True) -> Any:
     """Python value of decoded DBR *values* with pyepics' unpacking rules."""
     n = len(values) if not count else min(int(count), len(values))
     values = values[:n]
     native = dbr.native_type(ftype)
-    lib = registry().lib
-    elem_count = int(lib.ca_element_count(entry.chid)) if lib is not None else n
+    lib = entry.ctx.lib
+    elem_count = int(lib.ca_element_count(entry.chid)) if entry.ctx.alive else n
     if native == dbr.STRING:
         out = [dbr.c_string(b) for b in values.tolist()]
         return out[0] if (len(out) == 1 and elem_count <= 1) else out
@@ -599,13 +542,13 @@ def _ctypes_array(native: int, values: np.ndarray) -> ctypes.Array:
     return (dbr.Map[native] * len(flat)).from_buffer_copy(flat.tobytes())
 
 
-def _request_get(entry: _Entry, ftype: int, count: int) -> None:
-    lib = registry().lib
+def _request_get(entry: ChannelEntry, ftype: int, count: int) -> None:
+    lib = entry.ctx.lib
     with entry.cond:
         if entry.get_results.get(ftype) is _PENDING:
             return
         entry.get_results[ftype] = _PENDING
-    status = lib.ca_array_get_callback(ftype, count, entry.chid, registry().callbacks["get"], ftype)
+    status = lib.ca_array_get_callback(ftype, count, entry.chid, entry.ctx.c_callback("get", _get_callback), ftype)
     if status != errors.ECA.NORMAL:
         with entry.cond:
             entry.get_results[ftype] = None
@@ -613,8 +556,8 @@ def _request_get(entry: _Entry, ftype: int, count: int) -> None:
     lib.ca_flush_io()
 
 
-def _maybe_connect(entry: _Entry, timeout: Optional[float]) -> bool:
-    lib = _lib()
+def _maybe_connect(entry: ChannelEntry, timeout: Optional[float]) -> bool:
+    lib = entry.ctx.attach()
     if _is_conn(entry, lib):
         return True
     return connect_channel(entry.chid, timeout=DEFAULT_CONNECTION_TIMEOUT if timeout is None else timeout)
@@ -634,7 +577,7 @@ def get_with_metadata(chid: Any, ftype: Optional[int] = None, count: Optional[in
     if not _maybe_connect(entry, timeout):
         log.warning("capar: get(%r): channel not connected", entry.pvname)
         return None
-    lib = registry().lib
+    lib = entry.ctx.lib
     if ftype is None:
         ftype = int(lib.ca_field_type(entry.chid))
     if ftype < 0:
@@ -667,8 +610,7 @@ def get_complete_with_metadata(chid: Any, ftype: Optional[int] = None, count: Op
 
     timeout : float, seconds — default ``0.5 + log10(count)``.
     """
-    entry = channel_entry(chid)
-    lib = registry().lib
+    entry, lib = _lib_of(chid)
     if ftype is None:
         ftype = int(lib.ca_field_type(entry.chid))
     nelm = int(lib.ca_element_count(entry.chid))
@@ -681,18 +623,12 @@ def get_complete_with_metadata(chid: Any, ftype: Optional[int] = None, count: Op
         log.warning("capar: get_complete(%r) without an earlier get()", entry.pvname)
         return None
     if result is _PENDING:
-        deadline = time.monotonic() + timeout
-        reg = registry()
-        while True:
-            remaining = deadline - time.monotonic()
-            with entry.cond:
-                result = entry.get_results.get(ftype)
-                if result is not _PENDING or remaining <= 0:
-                    break
-                if reg.preemptive:
-                    entry.cond.wait(remaining)
-                    continue
-            lib.ca_pend_event(min(remaining, 0.005))
+        def arrived() -> bool:
+            return entry.get_results.get(ftype) is not _PENDING
+
+        entry.ctx.wait_until(arrived, time.monotonic() + timeout, _cond_waiter(entry.cond, arrived), 0.005)
+        with entry.cond:
+            result = entry.get_results.get(ftype)
         if result is _PENDING:
             log.warning("capar: get(%r) timed out after %.2f s", entry.pvname, timeout)
             return None
@@ -884,7 +820,8 @@ def put(chid: Any, value: Any, wait: bool = False, timeout: float = 30, callback
     """
     entry = channel_entry(chid)
     timeout = errors.seconds(30 if timeout is None else timeout)
-    lib = _lib()
+    ctx = entry.ctx
+    lib = ctx.attach()
     if not _is_conn(entry, lib) and not connect_channel(entry.chid, timeout=min(timeout, DEFAULT_CONNECTION_TIMEOUT)
                                                         if timeout else DEFAULT_CONNECTION_TIMEOUT):
         raise errors.ChannelNotConnected(f"put({entry.pvname!r}): channel not connected", pvname=entry.pvname)
@@ -899,32 +836,21 @@ def put(chid: Any, value: Any, wait: bool = False, timeout: float = 30, callback
         errors.raise_for_status(status, "ca.put", entry.pvname)
         lib.ca_flush_io()
         return status
-    reg = registry()
-    key = reg.new_key()
-    rec = {"pvname": entry.pvname, "done": threading.Event(), "status": None, "callback": callback,
-           "callback_data": callback_data, "buf": buf}
-    reg.puts[key] = rec
-    status = lib.ca_array_put_callback(ptype, count, entry.chid, ptr, reg.callbacks["put"], key)
+    key = ctx.new_key()
+    rec = PutRequest(entry.pvname, callback, callback_data, buf)
+    ctx.puts[key] = rec
+    status = lib.ca_array_put_callback(ptype, count, entry.chid, ptr, ctx.c_callback("put", _put_callback), key)
     if status != errors.ECA.NORMAL:
-        reg.puts.pop(key, None)
+        ctx.puts.pop(key, None)
         errors.raise_for_status(status, "ca.put", entry.pvname)
     lib.ca_flush_io()
     if not wait:
         return status
-    deadline = time.monotonic() + timeout
-    while not rec["done"].is_set():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        if reg.preemptive:
-            rec["done"].wait(remaining)
-        else:
-            lib.ca_pend_event(min(remaining, 0.005))
-    if not rec["done"].is_set():
+    if not ctx.wait_until(rec.done.is_set, time.monotonic() + timeout, rec.done.wait, 0.005):
         log.warning("capar: put(%r, wait=True) not completed after %.2f s", entry.pvname, timeout)
         return -1
-    if rec["status"] != errors.ECA.NORMAL:
-        log.warning("capar: put(%r) completed with %s", entry.pvname, errors.eca_message(rec["status"]))
+    if rec.status != errors.ECA.NORMAL:
+        log.warning("capar: put(%r) completed with %s", entry.pvname, errors.eca_message(rec.status or 0))
         return -1
     return status
 
@@ -941,7 +867,8 @@ def create_subscription(chid: Any, use_time: bool = False, use_ctrl: bool = Fals
     timeout : float, seconds to wait for the connection when *ftype* is not given.
     """
     entry = channel_entry(chid)
-    lib = _lib()
+    ctx = entry.ctx
+    lib = ctx.attach()
     mask = mask or DEFAULT_SUBSCRIPTION_MASK
     if ftype is None:
         if not _is_conn(entry, lib) and not connect_channel(entry.chid, timeout=timeout):
@@ -950,36 +877,35 @@ def create_subscription(chid: Any, use_time: bool = False, use_ctrl: bool = Fals
                 f"({DEFAULT_CONNECTION_TIMEOUT if timeout is None else timeout} seconds)")
         ftype = int(lib.ca_field_type(entry.chid))
     ftype = dbr.promote_type(ftype, use_time=use_time, use_ctrl=use_ctrl)
-    reg = registry()
-    key = reg.new_key()
+    key = ctx.new_key()
     evid = evid_t()
-    sub = {"chid": entry.chid, "callback": callback, "evid": None}
-    with reg.lock:
-        reg.subscriptions[key] = sub
+    sub = Subscription(entry.chid, callback)
+    cb = ctx.c_callback("event", _event_callback)
+    with ctx.lock:
+        ctx.subscriptions[key] = sub
         entry.subs.add(key)
     try:
-        lib.ca_create_subscription(ftype, count, entry.chid, mask, reg.callbacks["event"], key,
-                                   ctypes.byref(evid))
+        lib.ca_create_subscription(ftype, count, entry.chid, mask, cb, key, ctypes.byref(evid))
     except Exception:
-        with reg.lock:
-            _forget_subscription(reg, key)
+        with ctx.lock:
+            _forget_subscription(ctx, key)
         raise
-    with reg.lock:
-        sub["evid"] = evid.value
-        reg.sub_by_evid[evid.value] = key
+    with ctx.lock:
+        sub.evid = evid.value
+        ctx.sub_by_evid[evid.value] = key
     lib.ca_flush_io()
-    return (reg.callbacks["event"], key, evid)
+    return (cb, key, evid)
 
 
-def _forget_subscription(reg: Any, key: int) -> None:
-    """Drop subscription *key* from the registry's tables (caller holds ``reg.lock``); O(1), so clearing
+def _forget_subscription(ctx: CAContext, key: int) -> None:
+    """Drop subscription *key* from its context's tables (caller holds ``ctx.lock``); O(1), so clearing
     N channels or subscriptions is O(N), not O(N²)."""
-    sub = reg.subscriptions.pop(key, None)
+    sub = ctx.subscriptions.pop(key, None)
     if sub is None:
         return
-    if reg.sub_by_evid.get(sub["evid"]) == key:
-        del reg.sub_by_evid[sub["evid"]]
-    entry = reg.channels.get(sub["chid"])
+    if ctx.sub_by_evid.get(sub.evid) == key:  # type: ignore[arg-type]
+        del ctx.sub_by_evid[sub.evid]  # type: ignore[arg-type]
+    entry = ctx.channels.get(sub.chid)
     if entry is not None:
         entry.subs.discard(key)
 
@@ -997,18 +923,18 @@ def clear_subscription(event_id: Any) -> int:
         key = event_id[1] if len(event_id) > 1 and isinstance(event_id[1], int) else None
         event_id = event_id[-1]
     ev = getattr(event_id, "value", event_id)
-    reg = registry()
-    with _teardown(reg):
-        with reg.lock:
-            if key is None:
-                key = reg.sub_by_evid.get(ev)
-            sub = reg.subscriptions.get(key) if key is not None else None
-            if sub is None or sub["evid"] != ev:
-                return errors.ECA.BADMONID
-            _forget_subscription(reg, key)
-        if reg.finalized or reg.lib is None:
-            return errors.ECA.NORMAL
-        return reg.lib.ca_clear_subscription(ev)
+    for ctx in list(registry().contexts.values()):
+        with ctx.teardown():
+            with ctx.lock:
+                k = ctx.sub_by_evid.get(ev) if key is None else key
+                sub = ctx.subscriptions.get(k) if k is not None else None
+                if sub is None or sub.evid != ev:
+                    continue
+                _forget_subscription(ctx, k)  # type: ignore[arg-type]
+            if not ctx.alive:
+                return errors.ECA.NORMAL
+            return ctx.lib.ca_clear_subscription(ev)
+    return errors.ECA.BADMONID
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1016,12 +942,12 @@ def clear_subscription(event_id: Any) -> int:
 
 def pend_io(timeout: float = 1.0) -> int:
     """``ca_pend_io``: wait up to *timeout* seconds for outstanding channel creates/gets; ECA status."""
-    return _lib().ca_pend_io(errors.seconds(timeout))
+    return current().lib.ca_pend_io(errors.seconds(timeout))
 
 
 def pend_event(timeout: float = 1.e-5) -> int:
     """``ca_pend_event``: process CA events for *timeout* seconds; ECA status."""
-    return _lib().ca_pend_event(errors.seconds(timeout))
+    return current().lib.ca_pend_event(errors.seconds(timeout))
 
 
 def poll(evt: float = 1.e-5, iot: float = 1.0) -> int:
@@ -1032,55 +958,50 @@ def poll(evt: float = 1.e-5, iot: float = 1.0) -> int:
 
 def flush_io() -> int:
     """Send buffered requests now; ECA status."""
-    return _lib().ca_flush_io()
+    return current().lib.ca_flush_io()
 
 
 def test_io() -> bool:
     """True when all outstanding IO has completed."""
-    return _lib().ca_test_io() == errors.ECA.IODONE
+    return current().lib.ca_test_io() == errors.ECA.IODONE
 
 
 def message(status: int) -> str:
     """libca's text for an ECA status code."""
-    return _lib().ca_message(int(status)).decode()
+    return current().lib.ca_message(int(status)).decode()
 
 
 def version() -> str:
     """libca's protocol version string."""
-    return _lib().ca_version().decode()
-
-
-def clear_context_channels(ctx: int) -> None:
-    """Clear every channel capar created in context *ctx*."""
-    reg = registry()
-    for key, entry in list(reg.channels.items()):
-        if entry.context == ctx:
-            clear_channel(key)
+    return current().lib.ca_version().decode()
 
 
 def clear_cache() -> None:
-    """Clear every channel and subscription of this process (pyepics ``clear_cache``); the context stays."""
+    """Clear every channel and subscription of this process (pyepics ``clear_cache``); the contexts stay.
+
+    First the functions given to ``register_clear_cache``, then every Group and Monitor closes itself and
+    the PV caches are emptied, then the channels are cleared.
+    """
     reg = registry()
-    for hook in list(reg.extras.get("clear_cache_hooks", ())):
+    for hook in list(reg.clear_cache_hooks):
         try:
             hook()
         except Exception:
             log.exception("capar: clear_cache hook failed")
-    for key in list(reg.channels):
-        try:
-            clear_channel(key)
-        except Exception:
-            log.exception("capar: clearing channel failed")
-    reg.subscriptions.clear()
-    reg.sub_by_evid.clear()
-    reg.by_name.clear()
+    for ctx in list(reg.contexts.values()):
+        ctx.release_owned()
+        for key in list(ctx.channels):
+            try:
+                clear_channel(key)
+            except Exception:
+                log.exception("capar: clearing channel failed")
+        ctx.forget_channels()
     if reg.lib is not None and not reg.finalized and reg.lib.ca_current_context():
         reg.lib.ca_flush_io()
 
 
-def get_cache(pvname: str) -> Optional[_Entry]:
+def get_cache(pvname: str) -> Optional[ChannelEntry]:
     """The channel entry of *pvname* in the calling thread's context (None when absent)."""
-    reg = registry()
-    ctx = ensure_context()
-    key = reg.by_name.get((ctx, pvname))
-    return reg.channels.get(key) if key is not None else None
+    ctx = current()
+    key = ctx.by_name.get(pvname)
+    return ctx.channels.get(key) if key is not None else None

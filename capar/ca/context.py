@@ -1,19 +1,27 @@
-"""The per-process context registry: libca handle, initial context, channel/subscription tables, threads.
+"""Who owns what in Channel Access: one :class:`CAContext` per libca context, one registry per process.
 
-Ownership and threads:
-- One :class:`Registry` per process (``registry()``).  It owns the loaded :class:`~capar.ca.libca.LibCA`,
-  the *initial context* (the first context created, normally by the main thread), the channel table
-  (chid → entry), the subscription table and the per-process caches of the layers above (``extras``).
-- libca's own threads (preemptive callback mode) call back into Python through the CFUNCTYPE objects the
-  registry holds; callbacks only touch entries under ``Registry.lock`` and never run once the registry
-  is finalised (interpreter exit) — see :mod:`capar.ca.channel`.
-- ``fork()``: libca threads do not survive it.  An ``os.register_at_fork`` hook gives the child a fresh,
-  empty registry that remembers the inherited context only to *detach* it (never destroy or use it); the
-  child then creates its own context on first CA use.
+- :class:`ContextRegistry` (one per process, ``registry()``) is the only mutable state of ``capar.ca`` that
+  lives beyond one context: the loaded :class:`~capar.ca.libca.LibCA`, the user's settings
+  (``capar.ca.PREEMPTIVE_CALLBACK``, ``WITH_CA_MESSAGES``), the :class:`CAContext` of every libca context
+  capar knows (the first one is the *initial context*), ``clear_cache`` hooks, and the state of shutdown.
+- :class:`CAContext` owns one libca context: its handle, the typed tables of what was made in it (channels,
+  subscriptions, pending put and bulk requests, the Monitor core's channels and subscriptions, the PV cache),
+  the C callbacks libca calls for it (each bound to this context, so a callback finds its target from its
+  user argument in this context's table, never in a global one), the Groups and Monitors made in it
+  (``adopt``: each closes itself at ``clear_cache``/exit), what was dropped without ``close()`` (``orphan``),
+  and its own teardown.  Layers above create what they own through it; nothing else keeps CA state.
+- Threads: libca's own threads run the callbacks (preemptive mode).  A callback only looks up its table and
+  updates one entry under that entry's lock; user callbacks run with no capar lock held.  ``CAContext.lock``
+  guards the tables, ``teardown_lock`` orders ``ca_clear_*`` made outside libca's threads.
+- ``fork()``: libca threads do not survive it.  An ``os.register_at_fork`` hook gives the child a fresh, empty
+  registry (settings kept) that remembers the inherited context only to *detach* it (never destroy or use
+  it); the child then creates its own context on first CA use.  Objects of the parent's contexts raise
+  :class:`ContextError` in the child.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
@@ -22,15 +30,18 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 
-from . import errors
+from . import errors, messages
 from .errors import ContextError
 
+if TYPE_CHECKING:  # the entries' classes live in the layers that make them
+    from .channel import ChannelEntry, PutRequest, Subscription
+
 __all__ = [
-    "Registry", "registry", "initialize_libca", "finalize_libca", "ensure_context", "create_context",
-    "destroy_context", "attach_context", "detach_context", "current_context", "use_initial_context",
-    "withInitialContext", "CAThread", "DEFAULT_MAX_ARRAY_BYTES",
+    "CAContext", "ContextRegistry", "Settings", "registry", "current", "initialize_libca", "finalize_libca",
+    "ensure_context", "create_context", "destroy_context", "attach_context", "detach_context",
+    "current_context", "use_initial_context", "withInitialContext", "CAThread", "DEFAULT_MAX_ARRAY_BYTES",
 ]
 
 log = logging.getLogger("capar")
@@ -38,78 +49,313 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: EPICS_CA_MAX_ARRAY_BYTES used when the user has not set it (bytes; libca's own default is 16384).
 DEFAULT_MAX_ARRAY_BYTES = 100_000_000
+_CHECK_SLICE = 0.01  # seconds: the longest ca_pend_event between two looks in a non-preemptive wait
 
 
-class Registry:
-    """Everything capar knows about Channel Access in this process."""
+class Closable(Protocol):
+    """What a context can close at ``clear_cache`` and exit: a Group, a Monitor, their channel sets."""
 
-    def __init__(self, lib: Any = None, inherited_context: int | None = None) -> None:
-        self.pid = os.getpid()
-        self.lib = lib
-        self.lock = threading.RLock()
-        self.conn_lock = threading.Lock()       # registering a channel vs. its first connection event
+    def close(self) -> None: ...
+
+
+class Settings:
+    """The user's process-wide switches (``capar.ca.PREEMPTIVE_CALLBACK``, ``capar.ca.WITH_CA_MESSAGES``),
+    read when a context is created; kept across fork."""
+
+    __slots__ = ("preemptive", "with_ca_messages")
+
+    def __init__(self, preemptive: bool = True, with_ca_messages: bool = False) -> None:
+        self.preemptive = preemptive
+        self.with_ca_messages = with_ca_messages
+
+
+class CAContext:
+    """One libca context and everything capar made in it (see module docstring).
+
+    Created by :func:`create_context` / the first CA call (``owned``: capar destroys it at exit), or as a
+    record of a context capar found attached to a thread (not owned: never destroyed by capar).
+    """
+
+    def __init__(self, reg: "ContextRegistry", handle: int, preemptive: bool, owned: bool) -> None:
+        self.registry = reg
+        self.lib: Any = reg.lib
+        self.handle = handle
+        self.preemptive = preemptive
+        self.owned = owned
+        self.closed = False  # finalized or destroyed: callbacks return at once, calls raise ContextError
+        self.lock = threading.RLock()       # guards the tables below
+        self.conn_lock = threading.Lock()   # registering a channel vs. its first connection event
         # serialises ca_clear_channel / ca_clear_subscription made outside libca's callback threads, so that
         # no thread frees a subscription while another still holds its (then dangling) evid
         self.teardown_lock = threading.Lock()
-        self.early_connections: dict[int, bool] = {}  # events that arrived before their channel entry
-        self.initial_context: int | None = None
-        self.inherited_context = inherited_context
-        self.contexts: set[int] = set()          # contexts created by capar in this process
-        self.channels: dict[int, Any] = {}       # chid (int) -> channel entry (capar.ca.channel)
-        self.by_name: dict[tuple[int, str], int] = {}  # (context, pvname) -> chid
-        self.subscriptions: dict[int, Any] = {}  # user-arg key -> subscription record
-        self.sub_by_evid: dict[int, int] = {}    # libca event id -> user-arg key of subscriptions
-        self.puts: dict[int, Any] = {}           # user-arg key -> pending put-callback record
-        self.next_key = 1
-        self.callbacks: dict[str, Any] = {}      # CFUNCTYPE objects kept alive for libca
-        self.extras: dict[str, Any] = {}         # per-process caches of higher layers (PV cache ...)
-        self.finalized = False
-        self.exiting = False  # finalized by interpreter exit: no restart (finalize_libca() by hand allows one)
-        self.preemptive = True
-        # where libca's printed messages go: None = libca's default (stderr); else a callable taking the text
-        # (capar.ca.WITH_CA_MESSAGES False, the pyepics default: the 'capar.ca' logger at DEBUG, off the terminal)
-        self.ca_messages: Any = None
+        self._next_key = 1
+        # channel layer (capar.ca.channel)
+        self.channels: dict[int, ChannelEntry] = {}          # chid -> entry
+        self.by_name: dict[str, int] = {}                    # pvname -> chid
+        self.early_connections: dict[int, bool] = {}         # connection events before their entry existed
+        self.subscriptions: dict[int, Subscription] = {}     # user arg -> subscription
+        self.sub_by_evid: dict[int, int] = {}                # libca event id -> user arg
+        self.puts: dict[int, PutRequest] = {}                # user arg -> pending put with callback
+        # bulk layer (capar.ca.bulk): user arg -> (latch, slot) of a pending callback request
+        self.bulk_requests: dict[int, tuple[Any, int]] = {}
+        # monitor core (capar.ca.monitor): user arg -> (core, index) / (core, index, offset, size, mode)
+        self.monitor_channels: dict[int, tuple[Any, int]] = {}
+        self.monitor_subs: dict[int, tuple[Any, int, int, int, int]] = {}
+        # pyepics layer (capar.pv): (pvname, form, context handle) -> PV, and camonitor's PVs by name
+        self.pv_cache: dict[tuple[str, str, int], Any] = {}
+        self.camonitors: dict[str, Any] = {}
+        # Groups and Monitors made in this context (closed by clear_cache / exit), and what was dropped
+        # without close(): appended from finalizers (no lock, no libca call), closed by the next owner made
+        self.owners: "weakref.WeakSet[Closable]" = weakref.WeakSet()
+        self.orphans: list[Closable] = []
+        self._c: dict[str, Any] = {}  # CFUNCTYPE objects libca calls for this context (kept alive here)
 
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self.channels)} channels"
+        return f"<CAContext {self.handle:#x} {'preemptive' if self.preemptive else 'non-preemptive'}, {state}>"
+
+    # -- keys and callbacks ----------------------------------------------------------------------------
     def new_key(self) -> int:
+        """A fresh user argument for libca (unique in this context)."""
         with self.lock:
-            k = self.next_key
-            self.next_key += 1
+            k = self._next_key
+            self._next_key += 1
             return k
 
+    def c_callback(self, name: str, factory: Callable[["CAContext"], Any]) -> Any:
+        """The CFUNCTYPE object *name* of this context, made once by ``factory(self)`` and kept alive."""
+        cb = self._c.get(name)
+        if cb is None:
+            with self.lock:
+                cb = self._c.get(name)
+                if cb is None:
+                    cb = self._c[name] = factory(self)
+        return cb
 
-_state: dict[str, Registry] = {"registry": Registry()}
+    # -- use --------------------------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """True while this context may be used from this process (not closed, not inherited by fork)."""
+        return not self.closed and self.registry is _state["registry"] and self.registry.pid == os.getpid()
+
+    def check(self, what: str = "this object") -> None:
+        """ContextError unless :attr:`alive`."""
+        if self.registry is not _state["registry"] or self.registry.pid != os.getpid():
+            raise ContextError(f"{what} belongs to another process (fork) or to a finalized libca; "
+                               "create it again in this process")
+        if self.closed:
+            raise ContextError(f"{what} belongs to a CA context that was destroyed or finalized")
+
+    def attach(self) -> Any:
+        """Make sure the calling thread has a context (this one when it has none); returns libca."""
+        self.check()
+        ensure_context()
+        return self.lib
+
+    def wait_until(self, done: Callable[[], bool], deadline: float,
+                   block: Optional[Callable[[float], Any]] = None, slice_: float = _CHECK_SLICE) -> bool:
+        """Wait until ``done()`` or *deadline* (``time.monotonic()`` seconds); returns ``done()``.
+
+        The one wait loop of capar: in a preemptive context ``block(remaining_seconds)`` (an Event's or a
+        Condition's wait, woken by the callback that makes ``done()`` true); in a non-preemptive context,
+        or without *block*, callbacks only run inside ``ca_pend_event``, so slices of at most *slice_*
+        seconds of it.
+        """
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return done()
+            if block is not None and self.preemptive:
+                block(remaining)
+            else:
+                self.attach().ca_pend_event(min(remaining, slice_))
+        return True
+
+    # -- what the layers above made ------------------------------------------------------------------
+    def adopt(self, owner: Closable) -> None:
+        """Close *owner* (a Group, a Monitor) at :func:`~capar.ca.channel.clear_cache` and at exit."""
+        self.owners.add(owner)
+
+    def orphan(self, resource: Closable) -> None:
+        """Queue the libca clean-up of *resource* dropped without ``close()`` (safe in a finalizer or
+        ``__del__``: no lock, no libca call); done by :meth:`close_orphans`."""
+        self.orphans.append(resource)
+
+    def close_orphans(self) -> None:
+        """Close what was dropped without ``close()`` (called when a new owner is made, and at clear)."""
+        while self.orphans:
+            try:
+                self.orphans.pop().close()
+            except IndexError:  # another thread took the last one
+                return
+            except Exception:  # pragma: no cover - a clean-up must not stop the others
+                log.exception("capar: closing an orphaned channel set failed")
+
+    def release_owned(self) -> None:
+        """Close every Group and Monitor made here and every orphan; empty the PV caches (pyepics'
+        ``clear_cache`` then clears the channels)."""
+        for owner in list(self.owners):
+            try:
+                owner.close()
+            except Exception:  # pragma: no cover
+                log.exception("capar: closing %r failed", owner)
+        self.close_orphans()
+        self.pv_cache.clear()
+        self.camonitors.clear()
+
+    def forget_channels(self) -> list[int]:
+        """Drop every channel and subscription from the tables; returns the chids (for ``ca_clear_channel``)."""
+        with self.lock:
+            with self.conn_lock:
+                chids = list(self.channels)
+                self.channels.clear()
+                self.early_connections.clear()
+            self.by_name.clear()
+            self.subscriptions.clear()
+            self.sub_by_evid.clear()
+        return chids
+
+    def teardown(self) -> Any:
+        """The lock that orders channel/subscription teardown; not taken on libca's own callback threads
+        (foreign threads, seen by Python as ``_DummyThread``): they already hold libca's callback mutex,
+        which every other thread's ``ca_clear_*`` must wait for, and a callback waiting for a thread that
+        waits for the callback would deadlock."""
+        if isinstance(threading.current_thread(), threading._DummyThread):
+            return contextlib.nullcontext()
+        return self.teardown_lock
+
+    def _shutdown(self, lib: Any) -> None:
+        """Close what was made here and destroy the libca context with *lib* (the real binding, the gate
+        being closed); the caller holds the registry lock."""
+        self.closed = True
+        try:
+            self.release_owned()
+            self.forget_channels()
+        except Exception:  # pragma: no cover
+            log.exception("capar: clearing a context's tables failed")
+        if not self.owned:
+            return
+        try:
+            if lib.ca_current_context() != self.handle:
+                if lib.ca_current_context():
+                    lib.ca_detach_context()
+                lib.ca_attach_context(self.handle)
+            lib.ca_flush_io()
+            lib.ca_context_destroy()  # clears every channel and subscription, joins libca's threads
+        except Exception:  # pragma: no cover
+            log.exception("capar: destroying a context failed")
 
 
-def registry() -> Registry:
-    """This process's registry (a fresh one after ``fork()``)."""
+class ContextRegistry:
+    """The one per-process registry of contexts (see module docstring)."""
+
+    def __init__(self, lib: Any = None, inherited_context: Optional[int] = None,
+                 settings: Optional[Settings] = None) -> None:
+        self.pid = os.getpid()
+        self.lib = lib
+        self.lock = threading.RLock()
+        self.settings = settings if settings is not None else Settings()
+        self.inherited_context = inherited_context  # a context inherited through fork: detached, never used
+        self.contexts: dict[int, CAContext] = {}    # handle -> context, in creation order
+        self.initial: Optional[CAContext] = None
+        self.clear_cache_hooks: list[Callable[[], Any]] = []  # register_clear_cache's, run by clear_cache
+        # where libca's printed messages go: None = libca's default (stderr); else a callable taking the text
+        # (WITH_CA_MESSAGES False, the pyepics default: the 'capar.ca' logger at DEBUG, off the terminal)
+        self.ca_messages: Optional[Callable[[str], Any]] = None
+        self.finalized = False
+        self.exiting = False  # finalized by interpreter exit: no restart (finalize_libca() by hand allows one)
+
+    @property
+    def initial_context(self) -> Optional[int]:
+        """Handle of the initial context (None before the first CA call and after finalize)."""
+        return self.initial.handle if self.initial is not None else None
+
+    @property
+    def preemptive(self) -> bool:
+        """Whether the initial context (or the next one to be created) delivers callbacks preemptively."""
+        return self.initial.preemptive if self.initial is not None else self.settings.preemptive
+
+    def context_of(self, handle: int) -> CAContext:
+        """The :class:`CAContext` of libca context *handle* (a record is made for one capar did not create)."""
+        ctx = self.contexts.get(handle)
+        if ctx is None:
+            with self.lock:
+                ctx = self.contexts.get(handle)
+                if ctx is None:
+                    ctx = self.contexts[handle] = CAContext(self, handle, self.preemptive, owned=False)
+        return ctx
+
+    def find_channel(self, chid: int) -> "Optional[ChannelEntry]":
+        """The channel entry of *chid* in any context of this process, or None."""
+        for ctx in list(self.contexts.values()):
+            entry = ctx.channels.get(chid)
+            if entry is not None:
+                return entry
+        return None
+
+    def _new_context(self, lib: Any) -> CAContext:
+        """Create a libca context for the calling thread (which has none) and its CAContext."""
+        preemptive = bool(self.settings.preemptive)
+        lib.ca_context_create(1 if preemptive else 0)
+        ctx = CAContext(self, lib.ca_current_context(), preemptive, owned=True)
+        self.contexts[ctx.handle] = ctx
+        if self.initial is None and self.ca_messages is None and not self.settings.with_ca_messages:
+            self.ca_messages = messages.to_logger
+        messages.install(ctx, self.ca_messages is not None)
+        if self.initial is None:
+            self.initial = ctx
+            atexit.register(_atexit_finalize, weakref.ref(self))
+        return ctx
+
+    def set_ca_messages(self, writer: Optional[Callable[[str], Any]]) -> None:
+        """Send libca's printed messages (and CA exceptions) to ``writer(text)`` in every context of this
+        process, current and future; ``writer=None`` restores libca's default printing to stderr."""
+        self.ca_messages = writer
+        if self.lib is None or self.finalized:
+            return
+        lib = self.lib
+        cur = lib.ca_current_context()
+        if cur:
+            lib.ca_detach_context()  # a thread attaches to one context at a time: visit each, then come back
+        try:
+            for ctx in list(self.contexts.values()):
+                if lib.ca_attach_context(ctx.handle) == errors.ECA.NORMAL:
+                    messages.set_printf(ctx, writer is not None)
+                    lib.ca_detach_context()
+        finally:
+            if cur:
+                lib.ca_attach_context(cur)
+
+
+_state: dict[str, ContextRegistry] = {"registry": ContextRegistry()}
+
+
+def registry() -> ContextRegistry:
+    """This process's registry of contexts (a fresh one after ``fork()``)."""
     reg = _state["registry"]
     if reg.pid != os.getpid():  # fork without the at-fork hook having run (should not happen)
         reg = _reset_after_fork()
     return reg
 
 
-def _reset_after_fork() -> Registry:
+def _reset_after_fork() -> ContextRegistry:
     old = _state["registry"]
-    inherited = old.initial_context
-    reg = Registry(lib=old.lib, inherited_context=inherited)
+    reg = ContextRegistry(lib=old.lib, inherited_context=old.initial_context, settings=old.settings)
     _state["registry"] = reg
-    _run_reset_hooks()
     return reg
 
 
-def _run_reset_hooks() -> None:
-    """Let the layers drop what they kept of the registry that was just replaced (fork, restart)."""
-    for hook in list(_fork_hooks):
-        try:
-            hook()
-        except Exception:  # pragma: no cover - a layer's reset must never break the new registry
-            log.exception("capar: registry reset hook failed")
-
-
-_fork_hooks: list[Callable[[], None]] = []
-
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def current() -> CAContext:
+    """The :class:`CAContext` of the calling thread, attaching it to the initial context (created by the
+    first call in the process) when it has none."""
+    handle = ensure_context()
+    reg = _state["registry"]
+    ctx = reg.contexts.get(handle)
+    return ctx if ctx is not None else reg.context_of(handle)
 
 
 def _prepare_environment() -> None:
@@ -122,7 +368,7 @@ def _prepare_environment() -> None:
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
-def _load(reg: Registry) -> Any:
+def _load(reg: ContextRegistry) -> Any:
     if reg.lib is None:
         _prepare_environment()
         from .libca import load
@@ -144,44 +390,36 @@ def initialize_libca() -> Any:
         if reg.finalized:
             raise ContextError("libca was finalized in this process (interpreter exit)")
         lib = _load(reg)
-        if reg.initial_context is not None:
+        if reg.initial is not None:
             return lib
         cur = lib.ca_current_context()
         if cur and cur == reg.inherited_context:
             lib.ca_detach_context()  # inherited through fork: abandon, never use or destroy
             cur = None
-        if not cur:
-            from . import channel
-
-            reg.preemptive = bool(channel.preemptive_setting())
-            lib.ca_context_create(1 if reg.preemptive else 0)
-            cur = lib.ca_current_context()
-            reg.contexts.add(cur)
-            channel.install_exception_handler(reg)
-        reg.initial_context = cur
-        from .channel import install_callbacks
-
-        install_callbacks(reg)
-        atexit.register(_atexit_finalize, weakref.ref(reg))
+        if cur:  # a context the program made with libca directly: recorded, never destroyed by capar
+            reg.initial = reg.context_of(cur)
+            atexit.register(_atexit_finalize, weakref.ref(reg))
+        else:
+            reg._new_context(lib)
         return lib
 
 
-def _atexit_finalize(ref: "weakref.ref[Registry]") -> None:
+def _atexit_finalize(ref: "weakref.ref[ContextRegistry]") -> None:
     reg = ref()
     if reg is not None and reg is _state["registry"] and reg.pid == os.getpid():
         reg.exiting = True
         finalize_libca()
 
 
-def _restart(old: Registry) -> Registry:
+def _restart(old: ContextRegistry) -> ContextRegistry:
     """A fresh registry after an explicit :func:`finalize_libca` (pyepics lets a program call
     ``initialize_libca()`` again).  Channels, PVs and Groups of before stay unusable (ContextError)."""
     with old.lock:
         if _state["registry"] is not old:
             return _state["registry"]
-        reg = Registry(lib=None)
+        reg = ContextRegistry(lib=None, settings=old.settings)
+        reg.clear_cache_hooks = old.clear_cache_hooks
         _state["registry"] = reg
-    _run_reset_hooks()
     return reg
 
 
@@ -197,31 +435,28 @@ def finalize_libca(maxtime: float = 10.0) -> None:
     """
     reg = registry()
     with reg.lock:
-        if reg.finalized or reg.lib is None or reg.initial_context is None:
+        if reg.finalized or reg.lib is None or reg.initial is None:
             reg.finalized = True
             return
         reg.finalized = True
+        for ctx in reg.contexts.values():
+            ctx.closed = True  # callbacks return at once from now on
         real = reg.lib.close_gate()
     _wait_until_out_of_libca(min(errors.seconds(maxtime), 2.0))
     with reg.lock:
-        from .channel import clear_cache
-
-        try:
-            clear_cache()  # capar's own bookkeeping: no libca call is made once finalized
-        except Exception:  # pragma: no cover
-            log.exception("capar: clearing channels at finalize failed")
-        for ctx in list(reg.contexts):
-            try:
-                if real.ca_current_context() != ctx:
-                    if real.ca_current_context():
-                        real.ca_detach_context()
-                    real.ca_attach_context(ctx)
-                real.ca_flush_io()
-                real.ca_context_destroy()  # clears every channel and subscription, joins libca's threads
-            except Exception:  # pragma: no cover
-                log.exception("capar: destroying a context failed")
+        for hook in list(reg.clear_cache_hooks):
+            _run_hook(hook)
+        for ctx in list(reg.contexts.values()):
+            ctx._shutdown(real)
         reg.contexts.clear()
-        reg.initial_context = None
+        reg.initial = None
+
+
+def _run_hook(hook: Callable[[], Any]) -> None:
+    try:
+        hook()
+    except Exception:
+        log.exception("capar: clear_cache hook %r failed", hook)
 
 
 def _wait_until_out_of_libca(timeout: float) -> None:
@@ -240,36 +475,39 @@ def _wait_until_out_of_libca(timeout: float) -> None:
 
 
 def ensure_context() -> int:
-    """Make sure the calling thread is attached to a CA context and return it.
+    """Make sure the calling thread is attached to a CA context and return its handle.
 
     A thread with no context is attached to the initial context (what pyepics' PV objects and
     ``CAThread`` do); the first call in the process creates that context.
     """
-    reg = registry()
-    lib = reg.lib
-    if lib is None or reg.initial_context is None:
+    reg = _state["registry"]
+    if reg.initial is None or reg.pid != os.getpid():
         initialize_libca()
         reg = registry()  # a new one if the program had finalized libca and starts again
-        lib = reg.lib
     if reg.finalized:
         raise ContextError("libca was finalized in this process")
+    lib = reg.lib
     cur = lib.ca_current_context()
     if cur and cur != reg.inherited_context:
         return cur
     if cur:
         lib.ca_detach_context()
-    status = lib.ca_attach_context(reg.initial_context)
+    handle = reg.initial.handle  # type: ignore[union-attr]
+    status = lib.ca_attach_context(handle)
     if status not in (errors.ECA.NORMAL, errors.ECA.ISATTACHED):
         errors.raise_for_status(status, "ca_attach_context")
-    return reg.initial_context  # type: ignore[return-value]
+    return handle
 
 
 def create_context(ctx: Any = None) -> int:
     """Create a new context for the calling thread (pyepics ``create_context``); returns it.
 
-    The first context created in a process becomes the initial context.
+    A thread already attached to a context keeps it.  The first context created in a process becomes
+    the initial context.
     """
     reg = registry()
+    if reg.finalized and not reg.exiting:
+        reg = _restart(reg)
     lib = _load(reg)
     with reg.lock:
         cur = lib.ca_current_context()
@@ -278,19 +516,7 @@ def create_context(ctx: Any = None) -> int:
             cur = None
         if cur:
             return cur
-        from . import channel
-
-        preemptive = bool(channel.preemptive_setting())
-        lib.ca_context_create(1 if preemptive else 0)
-        cur = lib.ca_current_context()
-        reg.contexts.add(cur)
-        channel.install_exception_handler(reg)
-        if reg.initial_context is None:
-            reg.preemptive = preemptive
-            reg.initial_context = cur
-            channel.install_callbacks(reg)
-            atexit.register(_atexit_finalize, weakref.ref(reg))
-        return cur
+        return reg._new_context(lib).handle
 
 
 def destroy_context() -> None:
@@ -300,24 +526,28 @@ def destroy_context() -> None:
         return
     lib = reg.lib
     cur = lib.ca_current_context()
-    if not cur:
+    if not cur or cur == reg.inherited_context:
         return
-    from .channel import clear_context_channels
-
-    clear_context_channels(cur)
+    ctx = reg.context_of(cur)
+    ctx.closed = True
+    ctx.release_owned()
+    with ctx.teardown():
+        chids = ctx.forget_channels()
+        for chid in chids:
+            lib.ca_clear_channel(chid)
     lib.ca_context_destroy()
     with reg.lock:
-        reg.contexts.discard(cur)
-        if reg.initial_context == cur:
-            reg.initial_context = None
+        reg.contexts.pop(cur, None)
+        if reg.initial is ctx:
+            reg.initial = None
 
 
 def attach_context(context: Any) -> int:
     """Attach the calling thread to *context* (an int or ctypes pointer); returns the ECA status."""
     reg = registry()
     lib = _load(reg)
-    ctx = getattr(context, "value", context)
-    status = lib.ca_attach_context(ctx)
+    handle = getattr(context, "value", context)
+    status = lib.ca_attach_context(handle)
     if status not in (errors.ECA.NORMAL, errors.ECA.ISATTACHED):
         errors.raise_for_status(status, "ca_attach_context")
     return status
@@ -330,7 +560,7 @@ def detach_context() -> None:
         reg.lib.ca_detach_context()
 
 
-def current_context() -> int | None:
+def current_context() -> Optional[int]:
     """The calling thread's context (an int), or None when the thread has none."""
     reg = registry()
     lib = _load(reg)
@@ -343,15 +573,17 @@ def current_context() -> int | None:
 def use_initial_context() -> None:
     """Attach the calling thread to the initial context (creating it first if needed)."""
     reg = registry()
-    if reg.initial_context is None:
+    if reg.initial is None:
         initialize_libca()
+        reg = registry()
     lib = reg.lib
+    handle = reg.initial.handle  # type: ignore[union-attr]
     cur = lib.ca_current_context()
-    if cur == reg.initial_context:
+    if cur == handle:
         return
     if cur:
         lib.ca_detach_context()
-    status = lib.ca_attach_context(reg.initial_context)
+    status = lib.ca_attach_context(handle)
     if status not in (errors.ECA.NORMAL, errors.ECA.ISATTACHED):
         errors.raise_for_status(status, "use_initial_context")
 

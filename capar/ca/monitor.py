@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import dbr, errors
-from .context import ensure_context, registry
+from .context import CAContext, current
 from .libca import ConnectionCallback, EventCallback, ThreadExitCallback, evid_t
 
 __all__ = ["MonitorCore", "decode", "ROW", "KIND_VALUE", "KIND_CONNECTED", "KIND_DISCONNECTED"]
@@ -96,90 +96,75 @@ def _unpin(state: Optional[int]) -> None:
     _gil_release(int(state or 0))
 
 
-def _pin_thread() -> None:
+def _pin_thread(ctx: CAContext) -> None:
     state = _gil_ensure()
     _tls.pinned = True
-    reg = _REG
-    unpin = reg.callbacks.get("monitor_unpin")
-    if unpin is None:
-        unpin = reg.callbacks["monitor_unpin"] = ThreadExitCallback(_unpin)
-    reg.lib.epicsAtThreadExit(unpin, state)
-
-
-# the registry and subscription table the callbacks serve (bound by _callbacks(); per process)
-_REG: Any = None
-_SUBS: dict = {}
+    unpin = ctx.c_callback("monitor_unpin", lambda _ctx: ThreadExitCallback(_unpin))
+    ctx.lib.epicsAtThreadExit(unpin, state)
 
 
 # --------------------------------------------------------------------------------------------------
-# C callbacks (libca threads).  Keep them minimal: _on_event runs once per event.
+# C callbacks (libca threads), one pair per context.  Keep them minimal: on_event runs once per event.
 
-def _on_event(args: Any) -> None:
-    if _REG.finalized:
-        return
-    try:
-        _tls.pinned
-    except AttributeError:
-        _pin_thread()
-    ent = _SUBS.get(args.usr)
-    if ent is None:
-        return
-    core, i, off, size, mode = ent
-    if args.status != _NORMAL:
-        return
-    src = args.dbr
-    if not src:
-        return
-    if mode:
-        core.push_object(i, args, src, mode)
-        return
-    with core.lock:
-        if core.closed:
+def _event_callback(ctx: CAContext) -> Any:
+    subs = ctx.monitor_subs
+    mem = _MEM
+
+    def on_event(args: Any) -> None:
+        if ctx.closed:
             return
-        h = core.head
-        p = h - core.tail
-        if p >= core.cap:
-            core.overflow += 1
+        try:
+            _tls.pinned
+        except AttributeError:
+            _pin_thread(ctx)
+        ent = subs.get(args.usr)
+        if ent is None:
             return
-        slot = h % core.cap
-        o = slot * ROW + off
-        if _MEM is not None:
-            core.rawmv[o:o + size] = _MEM[src:src + size]
-        else:  # pragma: no cover - 32-bit hosts
-            _memmove(core.base + o, src, size)
-        core.codes[slot] = i
-        core.head = h + 1
-        if p >= core.wake_at:
-            core.wake_at = _NEVER
-            core.event.set()
+        core, i, off, size, mode = ent
+        if args.status != _NORMAL:
+            return
+        src = args.dbr
+        if not src:
+            return
+        if mode:
+            core.push_object(i, args, src, mode)
+            return
+        with core.lock:
+            if core.closed:
+                return
+            h = core.head
+            p = h - core.tail
+            if p >= core.cap:
+                core.overflow += 1
+                return
+            slot = h % core.cap
+            o = slot * ROW + off
+            if mem is not None:
+                core.rawmv[o:o + size] = mem[src:src + size]
+            else:  # pragma: no cover - 32-bit hosts
+                _memmove(core.base + o, src, size)
+            core.codes[slot] = i
+            core.head = h + 1
+            if p >= core.wake_at:
+                core.wake_at = _NEVER
+                core.event.set()
+
+    return EventCallback(on_event)
 
 
-def _on_connect(args: Any) -> None:
-    reg = _REG
-    if reg is None or reg.finalized or reg.lib is None:
-        return
-    up = args.op == dbr.OP_CONN_UP
-    chans = reg.extras.get("monitor_chans")
-    if not chans:
-        return
-    ent = chans.get(reg.lib.ca_puser(args.chid))
-    if ent is None:
-        return
-    core, i = ent
-    core.on_connection(i, args.chid, up)
+def _connect_callback(ctx: CAContext) -> Any:
+    chans = ctx.monitor_channels
 
+    def on_connect(args: Any) -> None:
+        if ctx.closed:
+            return
+        ent = chans.get(ctx.lib.ca_puser(args.chid))
+        if ent is None:
+            return
+        core, i = ent
+        core.on_connection(i, args.chid, args.op == dbr.OP_CONN_UP)
 
-def _callbacks(reg: Any) -> tuple[Any, Any]:
-    """The two CFUNCTYPE objects (created once per process, kept alive by the registry)."""
-    global _REG, _SUBS
-    ev = reg.callbacks.get("monitor_event")
-    if ev is None:
-        reg.extras.setdefault("monitor_chans", {})
-        _SUBS = reg.extras.setdefault("monitor_subs", {})
-        _REG = reg
-        ev = reg.callbacks["monitor_event"] = EventCallback(_on_event)
-        reg.callbacks["monitor_connect"] = ConnectionCallback(_on_connect)
-    return ev, reg.callbacks["monitor_connect"]
+    return ConnectionCallback(on_connect)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,18 +174,19 @@ class MonitorCore:
 
     names : PV names as bytes; None entries are never created (reported as never connected).
     form : 'time' or 'native'.  count : max elements of array PVs (None: the server's current length).
-    mask : DBE mask.  queue_size : ring capacity (events).
+    mask : DBE mask.  queue_size : ring capacity (events).  ctx : the context to create the channels in
+    (default: the calling thread's).
     """
 
     __slots__ = (
         "lock", "event", "closed", "head", "tail", "cap", "base", "rawmv", "codes", "raw", "objs", "overflow",
-        "wake_at", "n", "form", "count", "mask", "reg", "context", "keys", "chids", "evids", "connected",
+        "wake_at", "n", "form", "count", "mask", "ctx", "context", "keys", "chids", "evids", "connected",
         "ever", "subscribed", "vtype", "mode", "nelm", "errors", "sub_lock", "n_ever", "all_connected",
         "has_objects", "n_channels", "released", "__weakref__",
     )
 
     def __init__(self, names: Sequence[Optional[bytes]], form: str = "time", count: Optional[int] = None,
-                 mask: Optional[int] = None, queue_size: int = 100_000) -> None:
+                 mask: Optional[int] = None, queue_size: int = 100_000, ctx: Optional[CAContext] = None) -> None:
         if form not in ("time", "native"):
             raise ValueError(f"form must be 'time' or 'native', not {form!r}")
         cap = int(queue_size)
@@ -242,13 +228,12 @@ class MonitorCore:
         self.n_ever = 0
         self.all_connected = threading.Event()
         # channels
-        self.context = ensure_context()
-        reg = registry()
-        self.reg = reg
-        lib = reg.lib
-        ev_cb, conn_cb = _callbacks(reg)
-        self.keys = [reg.new_key() for _ in range(n)]
-        chans = reg.extras["monitor_chans"]
+        self.ctx = ctx = ctx if ctx is not None else current()
+        self.context = ctx.handle
+        lib = ctx.attach()
+        conn_cb = ctx.c_callback("monitor_connect", _connect_callback)
+        self.keys = [ctx.new_key() for _ in range(n)]
+        chans = ctx.monitor_channels
         for i, key in enumerate(self.keys):
             chans[key] = (self, i)
         live = [i for i, nm in enumerate(names) if nm is not None]
@@ -348,8 +333,8 @@ class MonitorCore:
                     log.warning("capar: monitor subscription of PV #%d failed: %s", i, exc)
 
     def _subscribe(self, i: int, chid: int) -> None:
-        reg = self.reg
-        lib = reg.lib
+        ctx = self.ctx
+        lib = ctx.lib
         native = int(lib.ca_field_type(chid))
         nelm = int(lib.ca_element_count(chid))
         if native < 0:
@@ -379,9 +364,9 @@ class MonitorCore:
             self.has_objects = True
             off, size = 0, 0
         key = self.keys[i]
-        reg.extras["monitor_subs"][key] = (self, i, off, size, mode)
+        ctx.monitor_subs[key] = (self, i, off, size, mode)
         evid = evid_t()
-        lib.ca_create_subscription(ptype, req, chid, self.mask, reg.callbacks["monitor_event"], key,
+        lib.ca_create_subscription(ptype, req, chid, self.mask, ctx.c_callback("monitor_event", _event_callback), key,
                                    ctypes.byref(evid))
         self.evids[i] = evid.value or 0
 
@@ -397,17 +382,8 @@ class MonitorCore:
     # -- consumer side ------------------------------------------------------------------------------
     def wait_connected(self, timeout: float) -> bool:
         """Wait until every created channel has connected once, at most *timeout* seconds."""
-        if self.reg.preemptive:
-            return self.all_connected.wait(max(timeout, 0.0))
-        deadline = time.monotonic() + timeout
-        lib = self.reg.lib
-        while not self.all_connected.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            ensure_context()
-            lib.ca_pend_event(min(remaining, 0.01))
-        return self.all_connected.is_set()
+        ev = self.all_connected
+        return self.ctx.wait_until(ev.is_set, time.monotonic() + max(timeout, 0.0), ev.wait)
 
     def pending(self) -> int:
         return self.head - self.tail
@@ -420,16 +396,10 @@ class MonitorCore:
             self.wake_at = wake_at
             self.event.clear()
         try:
-            if self.reg.preemptive or self.reg is not registry() or self.reg.finalized:
+            if self.ctx.alive:
+                self.ctx.wait_until(self.event.is_set, time.monotonic() + timeout, self.event.wait)
+            else:  # closed, forked or finalized: nothing will come (close() sets the event)
                 self.event.wait(timeout)
-            else:  # non-preemptive context: callbacks only run inside ca_pend_event
-                ensure_context()
-                deadline = time.monotonic() + timeout
-                while not self.event.is_set():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self.reg.lib.ca_pend_event(min(remaining, 0.01))
         finally:
             with self.lock:
                 self.wake_at = _NEVER
@@ -495,28 +465,26 @@ class MonitorCore:
                 self.closed = True
                 self.wake_at = _NEVER
                 self.event.set()
-        reg = self.reg
+        ctx = self.ctx
         try:
-            if reg is registry() and not reg.finalized and reg.lib is not None:
-                ensure_context()
-                lib = reg.lib
+            if ctx.alive:
+                lib = ctx.attach()
                 evids = self.evids[self.evids != 0].tolist()
                 list(map(lib.ca_clear_subscription, evids))
                 chids = self.chids[self.chids != 0].tolist()
                 list(map(lib.ca_clear_channel, chids))
                 lib.ca_flush_io()
         finally:
-            subs = reg.extras.get("monitor_subs", {})
-            chans = reg.extras.get("monitor_chans", {})
+            subs, chans = ctx.monitor_subs, ctx.monitor_channels
             for key in self.keys:
                 subs.pop(key, None)
                 chans.pop(key, None)
 
     def abandon(self) -> None:
-        """Stop delivering now and leave the libca clean-up to :func:`close_all` (safe from ``__del__``:
-        takes no lock and calls nothing in libca)."""
+        """Stop delivering now and leave the libca clean-up to the context (its next owner made, or
+        ``clear_cache``): safe from ``__del__``, takes no lock and calls nothing in libca."""
         self.closed = True
-        self.reg.extras.setdefault("monitor_orphans", []).append(self)
+        self.ctx.orphan(self)
 
 
 def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, np.ndarray]:
@@ -556,13 +524,3 @@ def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, n
             severity[neg] = halves[neg, 1]
     return {"index": index.astype(np.int64, copy=False), "kind": kind, "value": value,
             "timestamp": timestamp, "status": status, "severity": severity}
-
-
-# --------------------------------------------------------------------------------------------------
-# bookkeeping for the registry's clear_cache hooks (interpreter exit, capar.ca.clear_cache)
-
-def close_orphans() -> None:
-    """libca clean-up of monitors dropped without close() (see :meth:`MonitorCore.abandon`)."""
-    orphans = registry().extras.get("monitor_orphans")
-    while orphans:
-        orphans.pop().close()

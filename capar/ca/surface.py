@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import channel, context, dbr, errors
+from . import channel, context, dbr, errors, messages
 from .context import registry
 
 __all__ = [
@@ -49,7 +49,7 @@ def replace_printf_handler(writer: Optional[Callable[..., Any]] = None) -> None:
     if writer is not None and not callable(writer):
         raise errors.ChannelAccessException("argument to replace_printf_handler() must be callable")
     context.initialize_libca()
-    channel.set_ca_messages(writer if writer is not None else channel._log_message)
+    registry().set_ca_messages(writer if writer is not None else messages.to_logger)
 
 
 def disable_ca_messages() -> None:
@@ -102,16 +102,16 @@ def register_clear_cache(callback: Callable[[], None]) -> None:
         return
     if not callable(callback):
         raise RuntimeError(f"Cannot register type {type(callback)}. Callable required.")
-    hooks = registry().extras.setdefault("clear_cache_hooks", [])
+    hooks = registry().clear_cache_hooks
     if callback not in hooks:
         hooks.append(callback)
 
 
 def show_cache(print_out: bool = True) -> Optional[str]:
     """A listing of this process's channels (name, chid, context, connected); printed or returned."""
-    reg = registry()
+    entries = [(chid, e) for ctx in list(registry().contexts.values()) for chid, e in list(ctx.channels.items())]
     out = ["#  PVName        ChannelID/Context Connected?", "#--------------------------------------------"]
-    for chid, entry in sorted(reg.channels.items(), key=lambda kv: kv[1].pvname):
+    for chid, entry in sorted(entries, key=lambda kv: kv[1].pvname):
         out.append(f"  {entry.pvname:<15s} {chid} {entry.context} {entry.conn}")
     text = "\n".join(out)
     if print_out:

@@ -143,8 +143,10 @@ def check_main_guard(what: str, start_method: str) -> None:
 
 
 def _registry_if_loaded() -> Any:
-    mod = sys.modules.get("capar.ca.context")
-    return mod.registry() if mod is not None else None
+    """This process's context registry (importing it loads no libca; ``lib`` is None until the first CA call)."""
+    from ..ca.context import registry
+
+    return registry()
 
 
 def epics_environment() -> dict[str, str]:

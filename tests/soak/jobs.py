@@ -32,10 +32,10 @@ def usage() -> dict:
     """RSS (MiB), open fds, threads, Python objects tracked by the gc and capar-side channel/subscription
     counts of this process."""
     me = psutil.Process()
-    reg = ca.context.registry()
+    contexts = list(ca.context.registry().contexts.values())
     return {"rss_mb": me.memory_info().rss / 2**20, "fds": me.num_fds(), "threads": me.num_threads(),
-            "py_objects": len(gc.get_objects()), "capar_channels": len(reg.channels),
-            "capar_subscriptions": len(reg.subscriptions)}
+            "py_objects": len(gc.get_objects()), "capar_channels": sum(len(c.channels) for c in contexts),
+            "capar_subscriptions": sum(len(c.subscriptions) for c in contexts)}
 
 
 def checkpoint(tag: str, **extra: Any) -> None:
