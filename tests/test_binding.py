@@ -127,3 +127,37 @@ def test_forkserver_becomes_only_the_default_start_method(code, expected):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
+
+
+def test_capar_ca_modules_import_each_other_without_a_cycle():
+    """The binding's layers form a DAG (imports inside functions count too), and none of them looks a
+    module up in sys.modules instead of importing it."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(dbr.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.Attribute) and node.attr == "modules" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "sys":
+                assert path.name == "__init__.py", f"{path.name} looks up sys.modules"
+        graph[path.stem] = {d.split(".")[0] for d in deps} - {path.stem}
+    graph.pop("__init__")  # the package's lazy names import its modules, never the reverse
+    done: set[str] = set()
+
+    def visit(mod: str, stack: tuple[str, ...]) -> None:
+        assert mod not in stack, "import cycle: " + " -> ".join(stack + (mod,))
+        if mod in done:
+            return
+        for dep in sorted(graph.get(mod, ())):
+            visit(dep, stack + (mod,))
+        done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod, ())
+    assert {"context", "channel", "binding", "messages"} <= done

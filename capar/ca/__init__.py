@@ -52,7 +52,7 @@ _LAZY: dict[str, str] = {
     **{n: "capar.ca.context" for n in _CONTEXT},
     **{n: "capar.ca.errors" for n in _ERRORS},
 }
-_SUBMODULES = ("dbr", "errors", "libca", "context", "channel", "bulk", "monitor", "repeater", "surface")
+_SUBMODULES = ("dbr", "errors", "libca", "binding", "messages", "context", "channel", "bulk", "monitor", "repeater", "surface")
 
 __all__ = [n for n in _CHANNEL if n != "get_cache"] + [
     "dbr", "errors", "PREEMPTIVE_CALLBACK", "WITH_CA_MESSAGES", "AUTO_CLEANUP", "HAS_NUMPY", "get_cache",

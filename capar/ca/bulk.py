@@ -23,7 +23,7 @@ import numpy as np
 
 from . import dbr, errors
 from .context import CAContext, current
-from .libca import EventCallback
+from .binding import EventCallback
 
 __all__ = ["BulkChannels", "TIME_SENTINEL_NSEC"]
 

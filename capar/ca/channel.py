@@ -20,9 +20,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import dbr, errors
-from .context import CAContext, current, registry
+from .context import CAContext, ChannelEntry, PutRequest, Subscription, current, registry
 from .errors import BadPVName, CAPutError, ChannelAccessException, ChannelAccessGetFailure
-from .libca import AccessRightsCallback, ConnectionCallback, EventCallback, chid_t, evid_t
+from .binding import AccessRightsCallback, ConnectionCallback, EventCallback, chid_t, evid_t
 
 __all__ = [
     "DEFAULT_CONNECTION_TIMEOUT", "AUTOMONITOR_MAXLENGTH", "DEFAULT_SUBSCRIPTION_MASK", "MAX_PV_NAME_LENGTH",
@@ -99,65 +99,7 @@ def check_names(names: Any) -> tuple[list[Any], list[Optional[str]]]:
     return names, errors_
 
 
-class ChannelEntry:
-    """What capar knows about one channel (in its context's ``channels`` table; guarded by ``cond``)."""
-
-    __slots__ = ("chid", "pvname", "ctx", "callbacks", "conn", "cond", "get_results", "auto_cb",
-                 "ts", "failures", "subs", "access_callbacks", "__weakref__")
-
-    def __init__(self, chid: int, pvname: str, ctx: CAContext, auto_cb: bool) -> None:
-        self.chid = chid
-        self.pvname = pvname
-        self.ctx = ctx
-        self.callbacks: list[Callable] = []
-        self.conn = False
-        self.cond = threading.Condition(threading.Lock())
-        self.get_results: dict[int, Any] = {}
-        self.auto_cb = auto_cb
-        self.ts = 0.0
-        self.failures = 0
-        self.subs: set[int] = set()  # keys of this channel's subscriptions in ctx.subscriptions
-        self.access_callbacks: list[Callable] = []  # replace_access_rights_event's, called (read, write)
-
-    @property
-    def context(self) -> int:
-        """Handle of the channel's libca context."""
-        return self.ctx.handle
-
-    def run_connection_callbacks(self, conn: bool) -> None:
-        for cb in list(self.callbacks):
-            try:
-                cb(pvname=self.pvname, chid=self.chid, conn=conn)
-            except Exception:
-                log.exception("capar: connection callback for %s raised", self.pvname)
-
-
 _Entry = ChannelEntry  # the older name
-
-
-class Subscription:
-    """One :func:`create_subscription` (in its context's ``subscriptions`` table, keyed by user argument)."""
-
-    __slots__ = ("chid", "callback", "evid")
-
-    def __init__(self, chid: int, callback: Optional[Callable]) -> None:
-        self.chid = chid
-        self.callback = callback
-        self.evid: Optional[int] = None
-
-
-class PutRequest:
-    """A ``put`` with completion callback or wait (in its context's ``puts`` table until libca answers)."""
-
-    __slots__ = ("pvname", "done", "status", "callback", "callback_data", "buf")
-
-    def __init__(self, pvname: str, callback: Optional[Callable], callback_data: Any, buf: np.ndarray) -> None:
-        self.pvname = pvname
-        self.done = threading.Event()
-        self.status: Optional[int] = None
-        self.callback = callback
-        self.callback_data = callback_data
-        self.buf = buf  # the written buffer stays alive until libca has sent it
 
 
 # --------------------------------------------------------------------------------------------------

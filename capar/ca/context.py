@@ -1,7 +1,7 @@
 """Who owns what in Channel Access: one :class:`CAContext` per libca context, one registry per process.
 
 - :class:`ContextRegistry` (one per process, ``registry()``) is the only mutable state of ``capar.ca`` that
-  lives beyond one context: the loaded :class:`~capar.ca.libca.LibCA`, the user's settings
+  lives beyond one context: the loaded :class:`~capar.ca.binding.LibCA`, the user's settings
   (``capar.ca.PREEMPTIVE_CALLBACK``, ``WITH_CA_MESSAGES``), the :class:`CAContext` of every libca context
   capar knows (the first one is the *initial context*), ``clear_cache`` hooks, and the state of shutdown.
 - :class:`CAContext` owns one libca context: its handle, the typed tables of what was made in it (channels,
@@ -30,16 +30,13 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from . import errors, messages
 from .errors import ContextError
 
-if TYPE_CHECKING:  # the entries' classes live in the layers that make them
-    from .channel import ChannelEntry, PutRequest, Subscription
-
 __all__ = [
-    "CAContext", "ContextRegistry", "Settings", "registry", "current", "initialize_libca", "finalize_libca",
+    "CAContext", "ContextRegistry", "Settings", "ChannelEntry", "Subscription", "PutRequest", "registry", "current", "initialize_libca", "finalize_libca",
     "ensure_context", "create_context", "destroy_context", "attach_context", "detach_context",
     "current_context", "use_initial_context", "withInitialContext", "CAThread", "DEFAULT_MAX_ARRAY_BYTES",
 ]
@@ -68,6 +65,69 @@ class Settings:
         self.preemptive = preemptive
         self.with_ca_messages = with_ca_messages
 
+
+# --------------------------------------------------------------------------------------------------
+# the rows of a context's tables
+
+class ChannelEntry:
+    """What capar knows about one channel (in its context's ``channels`` table; guarded by ``cond``)."""
+
+    __slots__ = ("chid", "pvname", "ctx", "callbacks", "conn", "cond", "get_results", "auto_cb",
+                 "ts", "failures", "subs", "access_callbacks", "__weakref__")
+
+    def __init__(self, chid: int, pvname: str, ctx: "CAContext", auto_cb: bool) -> None:
+        self.chid = chid
+        self.pvname = pvname
+        self.ctx = ctx
+        self.callbacks: list[Callable] = []
+        self.conn = False
+        self.cond = threading.Condition(threading.Lock())
+        self.get_results: dict[int, Any] = {}
+        self.auto_cb = auto_cb
+        self.ts = 0.0
+        self.failures = 0
+        self.subs: set[int] = set()  # keys of this channel's subscriptions in ctx.subscriptions
+        self.access_callbacks: list[Callable] = []  # replace_access_rights_event's, called (read, write)
+
+    @property
+    def context(self) -> int:
+        """Handle of the channel's libca context."""
+        return self.ctx.handle
+
+    def run_connection_callbacks(self, conn: bool) -> None:
+        for cb in list(self.callbacks):
+            try:
+                cb(pvname=self.pvname, chid=self.chid, conn=conn)
+            except Exception:
+                log.exception("capar: connection callback for %s raised", self.pvname)
+
+
+class Subscription:
+    """One :func:`create_subscription` (in its context's ``subscriptions`` table, keyed by user argument)."""
+
+    __slots__ = ("chid", "callback", "evid")
+
+    def __init__(self, chid: int, callback: Optional[Callable]) -> None:
+        self.chid = chid
+        self.callback = callback
+        self.evid: Optional[int] = None
+
+
+class PutRequest:
+    """A ``put`` with completion callback or wait (in its context's ``puts`` table until libca answers)."""
+
+    __slots__ = ("pvname", "done", "status", "callback", "callback_data", "buf")
+
+    def __init__(self, pvname: str, callback: Optional[Callable], callback_data: Any, buf: Any) -> None:
+        self.pvname = pvname
+        self.done = threading.Event()
+        self.status: Optional[int] = None
+        self.callback = callback
+        self.callback_data = callback_data
+        self.buf = buf  # the written buffer stays alive until libca has sent it
+
+
+# --------------------------------------------------------------------------------------------------
 
 class CAContext:
     """One libca context and everything capar made in it (see module docstring).
@@ -371,7 +431,7 @@ def _prepare_environment() -> None:
 def _load(reg: ContextRegistry) -> Any:
     if reg.lib is None:
         _prepare_environment()
-        from .libca import load
+        from .binding import load
 
         reg.lib = load()
     return reg.lib

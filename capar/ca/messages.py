@@ -11,7 +11,7 @@ import logging
 from typing import Any, Callable, Optional
 
 from . import errors
-from .libca import ExceptionCallback, PrintfHandler, vformat
+from .binding import ExceptionCallback, PrintfHandler, vformat
 
 __all__ = ["to_logger", "install", "set_printf"]
 

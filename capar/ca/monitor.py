@@ -43,7 +43,7 @@ import numpy as np
 
 from . import dbr, errors
 from .context import CAContext, current
-from .libca import ConnectionCallback, EventCallback, ThreadExitCallback, evid_t
+from .binding import ConnectionCallback, EventCallback, ThreadExitCallback, evid_t
 
 __all__ = ["MonitorCore", "decode", "ROW", "KIND_VALUE", "KIND_CONNECTED", "KIND_DISCONNECTED"]
 

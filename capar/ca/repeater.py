@@ -54,7 +54,7 @@ def main() -> None:
     foreground = "--foreground" in sys.argv[1:]
     if not foreground:
         detach()
-    from .libca import load
+    from .binding import load
 
     lib = load()
     if not foreground:

@@ -26,14 +26,14 @@ __all__ = [
 
 def find_libca() -> str:
     """Path of the libca shared library capar loads (from the ``epicscorelibs`` wheel)."""
-    from .libca import libca_path
+    from .binding import libca_path
 
     return libca_path()
 
 
 def find_libCom() -> str:
     """Path of the libCom shared library next to :func:`find_libca`."""
-    from .libca import _epics_lib
+    from .binding import _epics_lib
 
     return str(_epics_lib("Com"))
 
