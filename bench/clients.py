@@ -295,6 +295,10 @@ def _capar():
     init = getattr(getattr(capar, "ca", None), "initialize_libca", None)
     if callable(init):
         init()
+    # ... and import what the timed calls use, as `import epics` does for pyepics (numpy included):
+    # capar's imports are lazy, so the first PV or Group would otherwise import them inside the timer
+    import capar.bulk  # noqa: F401
+    import capar.pv  # noqa: F401
     try:
         from capar.ca import libca
 

@@ -18,7 +18,7 @@ from .ca import dbr
 from .ca.bulk import BulkChannels
 from .ca.dbr import c_string
 from .ca.channel import BadValue, check_names, encode_value
-from .ca.context import current
+from .ca.context import CAContext, current
 from .ca.errors import ECA, eca_message, seconds
 from .snapshot import Snapshot
 
@@ -88,7 +88,7 @@ class Group:
         try:
             # dropped without close(): the channels are queued for the context's next owner or clear_cache
             # (no libca call in a finalizer, which may run on any thread, even inside a libca callback)
-            weakref.finalize(self, ctx.orphan, self._chans)
+            weakref.finalize(self, _orphan_unless_closed, ctx, self._chans)
             ctx.adopt(self)  # closed by clear_cache and at exit
             self.connected = self._chans.wait_connected(t0 + self.connection_timeout)
             self._refresh_info()
@@ -381,6 +381,12 @@ def _take(col: np.ndarray, m: np.ndarray) -> np.ndarray:
     valid = m >= 0
     out[valid] = col[m[valid]]
     return out
+
+
+def _orphan_unless_closed(ctx: CAContext, chans: BulkChannels) -> None:
+    """Finalizer of a Group: channels it left open go to the context's orphans (no libca call here)."""
+    if not chans.closed:
+        ctx.orphan(chans)
 
 
 def acquire(names: Iterable[str], form: str = "time", timeout: float = 2.0, connection_timeout: float = 5.0,

@@ -368,8 +368,12 @@ def clear_channel(chid: Any) -> int:
 
 
 def _lib_of(chid: Any) -> tuple[ChannelEntry, Any]:
+    """The entry of *chid* and libca, for calls on the channel itself (they need no attached context)."""
     entry = channel_entry(chid)
-    return entry, entry.ctx.attach()
+    ctx = entry.ctx
+    if ctx.closed:
+        ctx.check()  # raises ContextError
+    return entry, ctx.lib
 
 
 def name(chid: Any) -> str:

@@ -14,8 +14,9 @@ Layout of the ring (capacity ``cap`` events, reused forever, so memory is bounde
 - ``head`` / ``tail``: events written / consumed so far (monotonic counters); ``overflow`` counts events
   dropped because ``head - tail == cap``.
 
-Threads: :func:`_on_event` and :func:`_on_connect` run on libca's threads.  The event callback does a dict
-lookup, one slice copy of the struct (see :func:`_address_space`) and one index store under
+Threads: the event and connection callbacks (made per :class:`~capar.ca.context.CAContext` by
+:func:`_event_callback` / :func:`_connect_callback`, closures over that context's ``monitor_subs`` /
+``monitor_channels`` tables) run on libca's threads.  The event callback does a dict lookup, one slice copy of the struct (see :func:`_address_space`) and one index store under
 ``MonitorCore.lock`` (a plain Lock, held for those few operations only), and sets ``MonitorCore.event``
 only when a consumer waits for that many events (``wake_at``).  libca's threads keep their Python thread
 state between callbacks ("Thread-state pinning" below), which alone divides the cost of an event by four.
@@ -25,8 +26,8 @@ seconds, values to float64) is vectorised over a whole batch (:func:`decode`).
 
 Subscriptions are created on a channel's first connection (from the connection callback, with the TIME
 type of the native type); libca re-installs them by itself after a reconnection.  Neither callback ever
-takes the registry lock, so :func:`capar.ca.finalize_libca` (which holds it while the clear_cache hooks
-close every monitor) cannot deadlock with a callback in progress.
+takes a context's or the registry's lock, so :func:`capar.ca.finalize_libca` (which holds the registry lock
+while each context closes its Monitors) cannot deadlock with a callback in progress.
 """
 from __future__ import annotations
 

@@ -192,75 +192,44 @@ class Coordinator(ShardClient):
 
     # -- request/response --------------------------------------------------------------------------
     def _call(self, msgs: dict[int, Message], deadline: float, retry: bool = True) -> dict[int, Any]:
-        """Send one message per slot, wait for replies and sentinels until *deadline* (``time.monotonic()``
-        seconds, + grace).  Returns {slot: reply}: ("ok", value) | ("error", exc) | ("died", reason).
+        """Send one message per slot and wait for the replies until *deadline* (``time.monotonic()``
+        seconds) + grace.  Returns {slot: reply}: ("ok", value) | ("error", (exc, tb)) | ("died", reason).
+
+        A worker that dies meanwhile is replaced and, with *retry*, its message sent once more to the
+        replacement with what is left of its budgets; one that does not answer by then is replaced and
+        reported as "worker timed out".  Ctrl-C (or any error) here stops every worker.
         """
-        pending: dict[int, int] = {}
-        tries: dict[int, int] = {}
-        out: dict[int, Any] = {}
         start = time.monotonic()
-
-        def send(i: int) -> None:
-            tid = next(self._tids)
-            pending[i] = tid
-            try:
-                self._slots[i].conn.send((tid, spend(msgs[i], time.monotonic() - start)))
-            except (BrokenPipeError, OSError):
-                pass  # the sentinel will tell
-
-        for i in msgs:
-            tries[i] = 0
-            send(i)
+        pending = {i: self._send(i, msg) for i, msg in msgs.items()}  # slot -> id of its request
+        retried: set[int] = set()
+        out: dict[int, Any] = {}
         try:
             while pending:
-                remaining = deadline + _GRACE - time.monotonic()
-                waitables = {}
-                for i in pending:
-                    s = self._slots[i]
-                    waitables[s.conn] = i
-                    waitables[s.proc.sentinel] = i
-                ready = mp_wait(list(waitables), timeout=max(remaining, 0.0)) if remaining > 0 else []
-                if not ready:  # hung workers: kill and report, never wait past the deadline
+                ready = self._wait(list(pending), deadline + _GRACE - time.monotonic())
+                if not ready:  # hung workers: replace and report, never wait past the deadline
                     for i in list(pending):
                         log.warning("capar: worker %d (pid %s) did not answer in time; replacing it",
                                     i, self._slots[i].proc.pid)
                         out[i] = ("died", "worker timed out")
-                        pending.pop(i)
+                        del pending[i]
                         self._replace(i)
                     break
-                for r in ready:
-                    i = waitables[r]
-                    s = self._slots[i]
+                for i, obj in ready:
                     if i not in pending:
                         continue
-                    if r is s.conn or s.conn.poll():
-                        try:
-                            kind, tid, value = s.conn.recv()
-                        except (EOFError, OSError):
-                            kind, tid, value = "died", pending[i], None
-                        if kind == "batch":
-                            self._inbox.setdefault(tid, []).append((i, value))
-                            continue
-                        if kind != "died":
-                            if tid != pending[i]:
-                                if kind == "ok" and isinstance(value, dict):
-                                    transport.release(value)  # a stale reply of an abandoned request
-                                continue
-                            pending.pop(i)
-                            out[i] = (kind, value)
-                            continue
-                    # the process ended (or its pipe broke) without answering
-                    s.proc.join(0.5)
-                    code = s.proc.exitcode
-                    pending.pop(i)
-                    reason = f"worker died (exit code {code})"
-                    log.warning("capar: %s while serving a request; replacing it", reason)
+                    reply = self._receive(i, obj, pending[i])
+                    if reply is None:  # a monitor batch or a stale reply: keep waiting
+                        continue
+                    del pending[i]
+                    if reply[0] != "died":
+                        out[i] = reply
+                        continue
                     self._replace(i)
-                    if retry and tries[i] == 0 and time.monotonic() < deadline + _GRACE:
-                        tries[i] += 1
-                        send(i)
+                    if retry and i not in retried and time.monotonic() < deadline + _GRACE:
+                        retried.add(i)
+                        pending[i] = self._send(i, spend(msgs[i], time.monotonic() - start))
                     else:
-                        out[i] = ("died", reason)
+                        out[i] = reply
                     break  # fds of the replaced worker may be reused: wait again on fresh objects
         except BaseException:
             # Ctrl-C or an internal error mid-request: the workers' state is unknown; stop them all
@@ -268,31 +237,56 @@ class Coordinator(ShardClient):
             raise
         return out
 
+    def _send(self, i: int, msg: Message) -> int:
+        """Send *msg* to worker *i*; returns the request id (a broken pipe shows as the worker's death)."""
+        tid = next(self._tids)
+        try:
+            self._slots[i].conn.send((tid, msg))
+        except (BrokenPipeError, OSError):
+            pass  # the sentinel will tell
+        return tid
+
+    def _wait(self, slots: list[int], timeout: float) -> list[tuple[int, Any]]:
+        """(slot, pipe or sentinel) of *slots* that are readable or ended within *timeout* seconds."""
+        waitables = {}
+        for i in slots:
+            s = self._slots[i]
+            waitables[s.conn] = i
+            waitables[s.proc.sentinel] = i
+        ready = mp_wait(list(waitables), timeout=timeout) if timeout > 0 else []
+        return [(waitables[r], r) for r in ready]
+
+    def _receive(self, i: int, obj: Any, tid: Optional[int]) -> Optional[tuple[str, Any]]:
+        """Read what worker *i* sent (``obj``: its pipe or its sentinel).  Monitor batches go to the inbox
+        and replies to other requests than *tid* are released: None.  A worker that ended (or whose pipe
+        broke) is reaped: ``("died", reason)``."""
+        s = self._slots[i]
+        if obj is s.conn or s.conn.poll():
+            try:
+                while True:
+                    kind, rtid, value = s.conn.recv()
+                    if kind == "batch":
+                        self._inbox.setdefault(rtid, []).append((i, value))
+                    elif tid is not None and rtid == tid:
+                        return kind, value
+                    elif kind == "ok" and isinstance(value, dict):
+                        transport.release(value)  # a stale reply of an abandoned request
+                    if not s.conn.poll():
+                        return None
+            except (EOFError, OSError):
+                pass
+        s.proc.join(0.5)
+        reason = f"worker died (exit code {s.proc.exitcode})"
+        log.warning("capar: %s %s; replacing it", reason,
+                    "while serving a request" if tid is not None else "while monitoring")
+        return "died", reason
+
     def _pump(self, timeout: float) -> None:
         """Receive streamed monitor batches (and notice dead workers) for up to *timeout* seconds."""
-        waitables = {}
-        for i, s in enumerate(self._slots):
-            if s.conn is not None:
-                waitables[s.conn] = i
-                waitables[s.proc.sentinel] = i
-        for r in mp_wait(list(waitables), timeout=max(timeout, 0.0)):
-            i = waitables[r]
-            s = self._slots[i]
-            if r is s.conn or s.conn.poll():
-                try:
-                    while s.conn.poll():
-                        kind, tid, value = s.conn.recv()
-                        if kind == "batch":
-                            self._inbox.setdefault(tid, []).append((i, value))
-                        elif kind == "ok" and isinstance(value, dict):
-                            transport.release(value)  # a stale reply of an abandoned request
-                    continue
-                except (EOFError, OSError):
-                    pass
-            s.proc.join(0.5)
-            log.warning("capar: worker %d died (exit code %s) while monitoring; replacing it", i, s.proc.exitcode)
-            self._replace(i)
-            return  # fds may be reused by the replacement: the caller waits again
+        for i, obj in self._wait([i for i, s in enumerate(self._slots) if s.conn is not None], max(timeout, 1e-9)):
+            if self._receive(i, obj, None) is not None:
+                self._replace(i)
+                return  # fds may be reused by the replacement: the caller waits again
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop every worker (stop message, then terminate, then kill); idempotent, bounded by ~2 s."""
