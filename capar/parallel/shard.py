@@ -42,9 +42,11 @@ class Message:
 
     #: fields holding a time budget in seconds (reduced by :func:`spend` when a message is re-sent)
     BUDGETS: ClassVar[tuple[str, ...]] = ()
+    #: the ShardServer method that runs this message
+    OP: ClassVar[str] = ""
 
-    def run(self, server: "ShardServer") -> Any:  # pragma: no cover - every message overrides it
-        raise NotImplementedError
+    def run(self, server: "ShardServer") -> Any:
+        return getattr(server, self.OP)(self)
 
 
 def spend(msg: Message, elapsed: float) -> Message:
@@ -66,9 +68,7 @@ class Get(Message):
     as_string: bool = False
     want_hosts: bool = False
     BUDGETS: ClassVar[tuple[str, ...]] = ("timeout", "connection_timeout")
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.get(self)
+    OP: ClassVar[str] = "get"
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,7 @@ class Locate(Message):
     names: list
     connection_timeout: float
     BUDGETS: ClassVar[tuple[str, ...]] = ("connection_timeout",)
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.locate(self)
+    OP: ClassVar[str] = "locate"
 
 
 @dataclass(frozen=True)
@@ -93,9 +91,7 @@ class Put(Message):
     timeout: float
     connection_timeout: float
     BUDGETS: ClassVar[tuple[str, ...]] = ("timeout", "connection_timeout")
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.put(self)
+    OP: ClassVar[str] = "put"
 
 
 @dataclass(frozen=True)
@@ -109,9 +105,7 @@ class Connect(Message):
     count: Optional[int] = None
     as_string: bool = False
     BUDGETS: ClassVar[tuple[str, ...]] = ("connection_timeout",)
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.connect(self)
+    OP: ClassVar[str] = "connect"
 
 
 @dataclass(frozen=True)
@@ -121,9 +115,7 @@ class GroupGet(Message):
     gid: int
     timeout: float
     BUDGETS: ClassVar[tuple[str, ...]] = ("timeout",)
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.group_get(self)
+    OP: ClassVar[str] = "group_get"
 
 
 @dataclass(frozen=True)
@@ -135,9 +127,7 @@ class GroupPut(Message):
     wait: bool
     timeout: float
     BUDGETS: ClassVar[tuple[str, ...]] = ("timeout",)
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.group_put(self)
+    OP: ClassVar[str] = "group_put"
 
 
 @dataclass(frozen=True)
@@ -145,9 +135,7 @@ class GroupClose(Message):
     """Release group *gid*'s channels."""
 
     gid: int
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.group_close(self)
+    OP: ClassVar[str] = "group_close"
 
 
 @dataclass(frozen=True)
@@ -162,9 +150,7 @@ class MonitorStart(Message):
     latency: float
     connection_timeout: float
     BUDGETS: ClassVar[tuple[str, ...]] = ("connection_timeout",)
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.monitor_start(self)
+    OP: ClassVar[str] = "monitor_start"
 
 
 @dataclass(frozen=True)
@@ -173,9 +159,7 @@ class MonitorDrain(Message):
 
     gid: int
     timeout: float
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.monitor_drain(self)
+    OP: ClassVar[str] = "monitor_drain"
 
 
 @dataclass(frozen=True)
@@ -183,9 +167,7 @@ class MonitorStop(Message):
     """Stop monitor *gid*."""
 
     gid: int
-
-    def run(self, server: "ShardServer") -> Any:
-        return server.monitor_stop(self)
+    OP: ClassVar[str] = "monitor_stop"
 
 
 # ---------------------------------------------------------------------------------------------------
