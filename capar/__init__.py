@@ -31,7 +31,7 @@ _LAZY = {
     "camonitor_clear": "capar.pv", "caput": "capar.pv", "get_pv": "capar.pv",
     "acquire": "capar.bulk", "Group": "capar.bulk", "caget_many": "capar.bulk", "caput_many": "capar.bulk",
     "Snapshot": "capar.snapshot", "CAProcess": "capar.parallel", "CAPool": "capar.parallel",
-    "Coordinator": "capar.parallel",
+    "Coordinator": "capar.parallel", "DaskCoordinator": "capar.parallel.cluster",  # not in __all__: extra
     "Monitor": "capar.monitor",
     "Alarm": "capar.alarm", "Device": "capar.device", "Motor": "capar.motor",
 }

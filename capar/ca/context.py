@@ -316,6 +316,7 @@ class ContextRegistry:
         self.lock = threading.RLock()
         self.settings = settings if settings is not None else Settings()
         self.inherited_context = inherited_context  # a context inherited through fork: detached, never used
+        self.forked_with_libca = False  # this process was forked from one that had loaded libca
         self.contexts: dict[int, CAContext] = {}    # handle -> context, in creation order
         self.initial: Optional[CAContext] = None
         self.clear_cache_hooks: list[Callable[[], Any]] = []  # register_clear_cache's, run by clear_cache
@@ -401,6 +402,7 @@ def registry() -> ContextRegistry:
 def _reset_after_fork() -> ContextRegistry:
     old = _state["registry"]
     reg = ContextRegistry(lib=old.lib, inherited_context=old.initial_context, settings=old.settings)
+    reg.forked_with_libca = old.lib is not None or old.forked_with_libca
     _state["registry"] = reg
     return reg
 

@@ -13,6 +13,7 @@ Replies: ``("ok", value)`` | ``("error", (exception, traceback text))`` | ``("di
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from . import transport
 __all__ = [
     "Message", "Get", "Locate", "Put", "Connect", "GroupGet", "GroupPut", "GroupClose", "MonitorStart",
     "MonitorDrain", "MonitorStop", "ShardServer", "ShardClient", "ShardedGroup", "ShardedMonitor", "RemoteError",
-    "Shards", "shard_by_index", "shard_by_ioc", "spend",
+    "Shards", "shard_by_index", "shard_by_ioc", "shard_by_hash", "spend",
 ]
 
 Shards = dict  # {worker slot: positions (int64 array, ascending) of the PVs it serves}; no empty shard
@@ -334,6 +335,33 @@ def shard_by_ioc(names: list[str], hosts: dict[str, str], k: int) -> Shards:
     return {i: np.sort(np.asarray(p, dtype=np.int64)) for i, p in enumerate(parts) if p}
 
 
+def _stable_hash(texts: Sequence[str]) -> np.ndarray:
+    """64-bit hashes of *texts* that every process and host agrees on (unlike ``hash()``, which
+    PYTHONHASHSEED salts per process): blake2b of the UTF-8 text."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little")
+                        for t in texts), dtype=np.uint64, count=len(texts))
+
+
+def shard_by_hash(names: Sequence[str], slots: Sequence[str]) -> Shards:
+    """Each name to the slot with the highest hash of (slot key, name): rendezvous hashing, stable across
+    processes and hosts; when a slot key is added or removed only the names it wins or held move (about
+    1/K of them).  *slots*: one stable key per worker slot (e.g. its worker's name)."""
+    h = _stable_hash(names)
+    best = np.zeros(len(names), dtype=np.uint64)
+    owner = np.zeros(len(names), dtype=np.int64)
+    with np.errstate(over="ignore"):
+        for i, key in enumerate(slots):
+            x = h ^ _stable_hash([str(key)])[0]
+            # splitmix64 finaliser: every bit of (slot, name) decides the weight
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x = x ^ (x >> np.uint64(31))
+            win = x > best if i else np.ones(len(names), dtype=bool)
+            best[win] = x[win]
+            owner[win] = i
+    return {i: np.flatnonzero(owner == i) for i in range(len(slots)) if (owner == i).any()}
+
+
 def _take(seq: Sequence[Any], idx: np.ndarray) -> list:
     return [seq[j] for j in idx.tolist()]
 
@@ -394,6 +422,10 @@ class ShardClient:
         """False once closed or broken (closing groups/monitors then sends nothing)."""
         raise NotImplementedError
 
+    def _forget_monitor(self, gid: int) -> None:
+        """Drop what the transport still holds for monitor *gid* (its undelivered batches)."""
+        self._inbox.pop(gid, None)
+
     def _restore(self, slot: int) -> None:
         """Re-create the groups and monitors of a replaced worker *slot*."""
         for per_slot in list(self._groups.values()) + list(self._monitors.values()):
@@ -410,7 +442,13 @@ class ShardClient:
     def _plan(self, names: list[str]) -> Shards:
         if self.shard_by == "ioc":
             return shard_by_ioc(names, self._hosts, self.processes)
+        if self.shard_by == "hash":
+            return shard_by_hash(names, self._slot_keys())
         return shard_by_index(len(names), self.processes)
+
+    def _slot_keys(self) -> list[str]:
+        """A stable key per worker slot, for 'hash' sharding (the slot number unless a transport knows better)."""
+        return [str(i) for i in range(self.processes)]
 
     def _learn(self, names: list[str], hosts: Sequence[Optional[str]]) -> None:
         """Remember the server of each connected PV; forget it for PVs that did not connect."""
@@ -620,7 +658,7 @@ class ShardedMonitor:
         coord._monitors.pop(self.gid, None)
         if coord._usable:
             coord._call({i: MonitorStop(self.gid) for i in self._shards}, time.monotonic() + 5.0, retry=False)
-        coord._inbox.pop(self.gid, None)
+        coord._forget_monitor(self.gid)
 
     def __enter__(self) -> "ShardedMonitor":
         return self
