@@ -41,6 +41,7 @@ bench: $(VENV)/.stamp-bench
 	$(PY) bench/monitor_bench.py --n 20000 --clients C,capar,capar_k2
 	$(PY) bench/startup_bench.py
 	$(PY) bench/multi_ioc_bench.py
+	$(PY) bench/dask_bench.py
 	$(PY) bench/multi_ioc_bench.py --iocs 1 --pvs 20000
 
 clean:
