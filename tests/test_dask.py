@@ -244,3 +244,24 @@ def test_import_capar_does_not_import_distributed():
     code = "import sys, capar; capar.Coordinator; print('distributed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_workers_pin_the_shards_and_close_releases_open_groups(cluster, iocs, scalars):
+    """workers= keeps every shard on the named worker; close() releases groups left open."""
+    info = cluster.scheduler_info()["workers"]
+    addr, first = sorted((a, w["name"]) for a, w in info.items())[0]
+    base = sum(ioc.client_channels() for ioc in iocs)
+    d = capar.DaskCoordinator(cluster, workers=[first], epics_env=iocs.env)
+    assert d.processes == 1 and d.workers == [addr]
+    g = d.connect(scalars[:3000], connection_timeout=10.0)  # left open on purpose
+    assert g.get().ok.all()
+    assert sum(ioc.client_channels() for ioc in iocs) - base == 3000
+    d.close()
+    t0 = time.monotonic()
+    while sum(ioc.client_channels() for ioc in iocs) != base and time.monotonic() - t0 < 5.0:
+        time.sleep(0.1)
+    assert sum(ioc.client_channels() for ioc in iocs) == base
+    with pytest.raises(RuntimeError, match="closed"):
+        d.get(scalars[:1])
+    with pytest.raises(ValueError, match="none of the workers"):
+        capar.DaskCoordinator(cluster, workers=["no-such-worker"], epics_env=iocs.env)
