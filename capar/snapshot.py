@@ -291,6 +291,8 @@ class Snapshot:
     def to_json(self) -> str:
         """JSON text (one record per PV; floats written with repr so they round-trip exactly)."""
         doc = {"format": _FORMAT, "form": self.form, "created": self.created, "pvs": self._records()}
+        if self.ctrl:
+            doc["ctrl"] = _encode_ctrl(self.ctrl)
         return json.dumps(doc, indent=1, allow_nan=False) + "\n"
 
     @classmethod
@@ -313,6 +315,7 @@ class Snapshot:
         try:
             snap = cls.from_rows(rows, form=str(doc.get("form", "time")))
             snap.created = float(doc.get("created", snap.created))
+            snap.ctrl = _decode_ctrl(doc.get("ctrl"), len(rows))
         except _BAD_DATA as exc:
             raise SnapshotFormatError(f"{source}: bad header or columns: {exc!r}") from None
         return snap
@@ -327,12 +330,14 @@ class Snapshot:
         # or the '\r' would end the row when the file is read back
         has_cr = any("\r" in r["name"] or "\r" in (r["error"] or "") for r in recs)
         w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL)
+        ctrl = _encode_ctrl(self.ctrl)
         w.writerow(["# " + _FORMAT, self.form, repr(self.created)])
-        w.writerow(self._CSV_HEADER)
-        for r in recs:
+        w.writerow(self._CSV_HEADER + [f"ctrl:{k}:{spec['dtype']}" for k, spec in ctrl.items()])
+        for i, r in enumerate(recs):
             w.writerow([r["name"], r["kind"], json.dumps(r["value"], allow_nan=False), r["status"],
                         r["severity"], json.dumps(r["timestamp"]), int(r["ok"]),
-                        "" if r["error"] is None else r["error"]])
+                        "" if r["error"] is None else r["error"]]
+                       + [json.dumps(spec["values"][i], allow_nan=False) for spec in ctrl.values()])
         w.writerow(["# end", len(self)])
         return buf.getvalue()
 
@@ -341,6 +346,8 @@ class Snapshot:
         reader = csv.reader(io.StringIO(text, newline=""))
         rows: list[Row] = []
         form, created, end = "time", None, None
+        ctrl_cols: list[tuple[str, str]] = []  # (name, dtype) of the "ctrl:<name>:<dtype>" columns
+        ctrl_vals: list[list[Any]] = []
         try:
             for rec in reader:
                 lineno = reader.line_num
@@ -355,8 +362,11 @@ class Snapshot:
                     created = float(rec[2]) if len(rec) > 2 else None
                     continue
                 if lineno == 2:
-                    if rec != cls._CSV_HEADER:
+                    base, extra = rec[:len(cls._CSV_HEADER)], rec[len(cls._CSV_HEADER):]
+                    if base != cls._CSV_HEADER or not all(c.startswith("ctrl:") and c.count(":") >= 2 for c in extra):
                         raise SnapshotFormatError(f"{source}:2: unexpected header {rec!r}")
+                    ctrl_cols = [tuple(c[5:].rsplit(":", 1)) for c in extra]  # type: ignore[misc]
+                    ctrl_vals = [[] for _ in ctrl_cols]
                     continue
                 if not rec:
                     continue
@@ -364,9 +374,13 @@ class Snapshot:
                     end = int(rec[1])
                     continue
                 try:
-                    name, kind, value, status, severity, ts, ok, error = rec
+                    if len(rec) != len(cls._CSV_HEADER) + len(ctrl_cols):
+                        raise ValueError(f"{len(rec)} fields, {len(cls._CSV_HEADER) + len(ctrl_cols)} expected")
+                    name, kind, value, status, severity, ts, ok, error = rec[:len(cls._CSV_HEADER)]
                     rows.append(_row(name, kind, json.loads(value), status, severity, json.loads(ts),
                                      bool(int(ok)), error or None))
+                    for col, cell in zip(ctrl_vals, rec[len(cls._CSV_HEADER):]):
+                        col.append(json.loads(cell))
                 except _BAD_DATA as exc:
                     raise SnapshotFormatError(f"{source}:{lineno}: bad row: {exc}") from None
             if end is None:
@@ -374,6 +388,8 @@ class Snapshot:
             if end != len(rows):
                 raise SnapshotFormatError(f"{source}: {len(rows)} rows but the end marker says {end}")
             snap = cls.from_rows(rows, form=form)
+            snap.ctrl = _decode_ctrl({k: {"dtype": dt, "values": v} for (k, dt), v in zip(ctrl_cols, ctrl_vals)},
+                                     len(rows))
         except SnapshotFormatError:
             raise
         except (csv.Error, *_BAD_DATA) as exc:
@@ -384,7 +400,8 @@ class Snapshot:
 
     def _save_npz(self, fh: Any) -> None:
         kinds, scal_f, scal_s = [], np.full(len(self), np.nan), [""] * len(self)
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, list[np.ndarray]] = {}  # dtype -> the arrays of that dtype, packed into one member
+        packed: dict[str, list] = {}              # PV index -> [dtype, offset, length]
         lists: dict[str, list] = {}
         for i, v in enumerate(self.values):
             if isinstance(v, np.generic):
@@ -392,8 +409,11 @@ class Snapshot:
                 if isinstance(v, np.floating):  # longdouble has no Python equivalent: as JSON/CSV do
                     v = float(v)
             if isinstance(v, np.ndarray):
-                kinds.append("a")
-                arrays[f"arr_{i}"] = v
+                kinds.append("p")
+                flat = np.ascontiguousarray(v).reshape(-1)
+                parts = arrays.setdefault(flat.dtype.str, [])
+                packed[str(i)] = [flat.dtype.str, int(sum(p.size for p in parts)), int(flat.size), list(v.shape)]
+                parts.append(flat)
             elif isinstance(v, bool):
                 kinds.append("b")
                 scal_f[i] = float(v)
@@ -412,11 +432,15 @@ class Snapshot:
             else:
                 kinds.append("n")
         # text travels as JSON inside the archive: numpy 'U' arrays would drop trailing NUL characters
+        dtypes = sorted(arrays)
         text = json.dumps({"names": [str(n) for n in self.names.tolist()], "scal_s": scal_s, "lists": lists,
-                           "error": [None if e is None else str(e) for e in self.error]})
-        np.savez(fh, _format=np.asarray(_FORMAT), form=np.asarray(self.form), created=np.asarray(self.created),
-                 text=np.asarray(text), kinds=np.asarray(kinds, dtype=str), scal_f=scal_f, status=self.status,
-                 severity=self.severity, timestamp=self.timestamp, ok=self.ok, **arrays)
+                           "error": [None if e is None else str(e) for e in self.error], "packed": packed,
+                           "dtypes": dtypes, "ctrl": _encode_ctrl(self.ctrl)}, allow_nan=False)
+        members = {f"pack_{j}": np.concatenate(arrays[d]) for j, d in enumerate(dtypes)}
+        np.savez_compressed(fh, _format=np.asarray(_FORMAT), form=np.asarray(self.form),
+                            created=np.asarray(self.created), text=np.asarray(text),
+                            kinds=np.asarray(kinds, dtype=str), scal_f=scal_f, status=self.status,
+                            severity=self.severity, timestamp=self.timestamp, ok=self.ok, **members)
 
     @classmethod
     def _load_npz(cls, path: str) -> "Snapshot":
@@ -430,9 +454,13 @@ class Snapshot:
                 snap = cls.empty(names, form=str(z["form"]))
                 snap.created = float(z["created"])
                 kinds, sf, ss, lists = z["kinds"].tolist(), z["scal_f"], text["scal_s"], text["lists"]
+                packs = {d: z[f"pack_{j}"] for j, d in enumerate(text.get("dtypes", []))}
                 for i, k in enumerate(kinds):
-                    if k == "a":
+                    if k == "a":  # capar before the packed layout: one member per array
                         v: Any = z[f"arr_{i}"]
+                    elif k == "p":
+                        d, off, size, shape = text["packed"][str(i)]
+                        v = packs[d][off:off + size].reshape(shape).copy()
                     elif k == "l":
                         v = [str(x) for x in lists[str(i)]]
                     elif k == "i":
@@ -452,6 +480,7 @@ class Snapshot:
                 snap.timestamp[:] = z["timestamp"]
                 snap.ok[:] = z["ok"]
                 snap.error[:] = [None if e is None else str(e) for e in text["error"]]
+                snap.ctrl = _decode_ctrl(text.get("ctrl"), len(names))
                 return snap
         except SnapshotFormatError:
             raise
@@ -557,6 +586,62 @@ def _decode(kind: str, payload: Any) -> Any:
             return np.asarray([_j2f(x) for x in payload], dtype=dt)
         return np.asarray(payload, dtype=dt)
     raise ValueError(f"unknown value kind {kind!r}")
+
+
+def _encode_cell(v: Any) -> Any:
+    """One element of an object ctrl column (units text, enum-string tuple, None) as JSON."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, tuple):
+        return {"tuple": [_encode_cell(x) for x in v]}
+    kind, payload = _encode(v)
+    return {"kind": kind, "value": payload}
+
+
+def _decode_cell(x: Any) -> Any:
+    if x is None or isinstance(x, str):
+        return x
+    if isinstance(x, dict) and isinstance(x.get("tuple"), list):
+        return tuple(_decode_cell(e) for e in x["tuple"])
+    if isinstance(x, dict) and "kind" in x:
+        return _decode(str(x["kind"]), x.get("value"))
+    raise ValueError(f"bad ctrl cell {x!r:.60}")
+
+
+def _encode_ctrl(ctrl: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The ctrl columns (units, precision, limits, enum strings) as JSON: {name: {dtype, values}}."""
+    out: dict[str, Any] = {}
+    for k, col in ctrl.items():
+        col = np.asarray(col)
+        if col.dtype == object:
+            out[str(k)] = {"dtype": "object", "values": [_encode_cell(v) for v in col.tolist()]}
+        elif col.dtype.kind == "f":
+            out[str(k)] = {"dtype": col.dtype.str, "values": [_f2j(float(v)) for v in col.tolist()]}
+        elif col.dtype.kind in "biu":
+            out[str(k)] = {"dtype": col.dtype.str, "values": [int(v) for v in col.tolist()]}
+        else:
+            raise TypeError(f"cannot store ctrl column {k!r} of dtype {col.dtype}")
+    return out
+
+
+def _decode_ctrl(doc: Any, n: int) -> dict[str, np.ndarray]:
+    if not doc:
+        return {}
+    if not isinstance(doc, dict):
+        raise ValueError("ctrl must be an object")
+    out: dict[str, np.ndarray] = {}
+    for k, spec in doc.items():
+        vals = spec["values"]
+        if not isinstance(vals, list) or len(vals) != n:
+            raise ValueError(f"ctrl column {k!r}: {len(vals) if isinstance(vals, list) else '?'} values for {n} PVs")
+        if spec["dtype"] == "object":
+            col = np.empty(n, dtype=object)
+            col[:] = [_decode_cell(v) for v in vals] if n else []
+        else:
+            dt = np.dtype(spec["dtype"])
+            col = np.asarray([_j2f(v) for v in vals] if dt.kind == "f" else [int(v) for v in vals], dtype=dt)
+        out[str(k)] = col
+    return out
 
 
 def _equal(a: Any, b: Any, rtol: float, atol: float) -> bool:

@@ -133,3 +133,79 @@ def test_take_and_concat_keep_every_column(prefix):
     assert capar.Snapshot.concat([snap]) is snap
     with pytest.raises(ValueError):
         capar.Snapshot.concat([])
+
+
+# -- ctrl metadata, files of older capar versions, compression ----------------------------------------------
+
+def _same_ctrl(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        x, y = a[k], b[k]
+        assert x.dtype == y.dtype, (k, x.dtype, y.dtype)
+        if x.dtype == object:
+            assert [type(v) for v in x.tolist()] == [type(v) for v in y.tolist()], k
+            assert x.tolist() == y.tolist(), k
+        else:
+            assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), k
+
+
+def test_ctrl_snapshot_round_trips_in_every_format(tmp_path, prefix):
+    """form='ctrl': units, precision, limits and enum strings survive save/load exactly (they used to be
+    dropped), so a reloaded snapshot can still show enum strings."""
+    names = [prefix + n for n in ("ao", "mbbo", "stringin", "wf_double", "nothere")]
+    snap = capar.acquire(names, form="ctrl", timeout=2.0, connection_timeout=0.5)
+    assert snap.ctrl["enum_strs"][1] and snap.ctrl["precision"][0] >= 0
+    for suffix in (".json", ".csv", ".npz"):
+        back = Snapshot.load(snap.save(tmp_path / ("ctrl" + suffix)))
+        assert back.form == "ctrl" and not snap.diff(back)
+        _same_ctrl(snap.ctrl, back.ctrl)
+        assert back.ctrl["enum_strs"][1] == snap.ctrl["enum_strs"][1]
+
+
+cells = st.one_of(st.none(), st.text(max_size=12), st.lists(st.text(max_size=8), max_size=4).map(tuple))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), n=st.integers(0, 6), suffix=st.sampled_from([".json", ".csv", ".npz"]))
+def test_ctrl_round_trip_property(tmp_path, data, n, suffix):
+    rows = [Row(f"P:{i}", float(i), 0, 0, 1.0, True, None) for i in range(n)]
+    snap = Snapshot.from_rows(rows, form="ctrl")
+    snap.ctrl = {
+        "upper_disp_limit": np.asarray(data.draw(st.lists(st.floats(), min_size=n, max_size=n)), dtype=np.float64),
+        "precision": np.asarray(data.draw(st.lists(st.integers(-32768, 32767), min_size=n, max_size=n)),
+                                dtype=np.int16),
+        "units": np.asarray(data.draw(st.lists(cells, min_size=n, max_size=n)) + [None], dtype=object)[:n],
+        "enum_strs": np.asarray(data.draw(st.lists(cells, min_size=n, max_size=n)) + [None], dtype=object)[:n],
+    }
+    back = Snapshot.load(snap.save(tmp_path / ("c" + suffix)))
+    _same_ctrl(snap.ctrl, back.ctrl)
+
+
+@pytest.mark.parametrize("suffix", ["json", "csv", "npz"])
+def test_files_of_capar_0_1_still_load(suffix):
+    """Files written before ctrl was saved (and, for NPZ, before arrays were packed and compressed)."""
+    import pathlib
+
+    snap = Snapshot.load(pathlib.Path(__file__).parent / "data" / f"snapshot-0.1.{suffix}")
+    assert snap.names.tolist() == ["A:f", "A:s", "A:arr", "A:iarr", "A:strs", "A:dead"]
+    assert snap.values[0] == 1.0 / 3.0 and snap.values[1] == "héllo" and snap.values[4] == ["a", "bb"]
+    assert np.array_equal(snap.values[2], [1.5, np.nan, -np.inf], equal_nan=True)
+    assert snap.values[3].dtype == np.int32 and snap.values[3].tolist() == [1, -2, 3]
+    assert snap.ok.tolist() == [True] * 5 + [False] and snap.error[5] == "not connected"
+    assert snap.ctrl == {} and snap.created == 1.7e9
+
+
+def test_npz_is_compressed_with_one_member_per_dtype(tmp_path):
+    import zipfile
+
+    rows = [Row(f"W:{i}", np.zeros(10_000), 0, 0, 1.0, True, None) for i in range(50)]
+    rows += [Row("W:i", np.arange(5, dtype=np.int32), 0, 0, 1.0, True, None)]
+    path = Snapshot.from_rows(rows).save(tmp_path / "w.npz")
+    with zipfile.ZipFile(path) as z:
+        packs = [i for i in z.infolist() if i.filename.startswith("pack_")]
+        assert len(packs) == 2 and all(i.compress_type == zipfile.ZIP_DEFLATED for i in z.infolist())
+    import os
+
+    assert os.path.getsize(path) < 50 * 10_000 * 8 / 50  # zeros compress by far more than 50x
+    back = Snapshot.load(path)
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(back.values, [r.value for r in rows]))
