@@ -619,7 +619,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 1 if never else 0
 
 
-_FORMATS = ("text", "json", "csv", "npz")
+_FORMATS = ("text", "json", "csv", "npz", "snap", "sav")
 
 
 def _output_format(args: argparse.Namespace) -> str:
@@ -631,7 +631,7 @@ def _output_format(args: argparse.Namespace) -> str:
             return "text"
         if ext not in _FORMATS:
             raise UsageError(f"{args.output}: cannot tell the format from the suffix "
-                             "(use .json, .csv, .npz, .txt or --format)")
+                             "(use .json, .csv, .npz, .snap, .sav, .txt or --format)")
         return ext
     return "text"
 
@@ -661,6 +661,12 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         sys.stdout.write(snap.to_json())
     elif fmt == "csv":
         sys.stdout.write(snap.to_csv())
+    elif fmt == "snap":
+        sys.stdout.write(snap.to_snap())
+    elif fmt == "sav":
+        from .autosave import format_sav
+
+        sys.stdout.write(format_sav(snap.names.tolist(), snap.values.tolist(), snap.ok.tolist()))
     elif fmt == "npz":
         with tempfile.TemporaryDirectory(prefix="capar-") as d:
             path = snap.save(os.path.join(d, "snapshot.npz"))
@@ -916,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
     timeout(p)
     bulk(p)
     tolerance(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot file (.json, .csv, .npz)")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot file (.json, .csv, .npz, .snap, .sav)")
     p.add_argument("-c", "--wait", action="store_true", help="wait for processing to complete")
     p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")
     p.set_defaults(func=cmd_restore)

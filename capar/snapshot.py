@@ -22,6 +22,7 @@ import numpy as np
 __all__ = ["Snapshot", "Row", "SnapshotDiff", "SnapshotFormatError"]
 
 _FORMAT = "capar-snapshot-1"
+_FORMATS = ("json", "csv", "npz", "sav", "snap")
 
 
 class SnapshotFormatError(ValueError):
@@ -220,12 +221,12 @@ class Snapshot:
 
     # -- files ---------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, format: Optional[str] = None) -> str:
-        """Write to *path*; format from *format* or the suffix (.json, .csv, .npz, or .sav: synApps autosave's
-        text, values only). Atomic (temp + rename)."""
+        """Write to *path*; format from *format* or the suffix (.json, .csv, .npz; .sav: synApps autosave's text,
+        values only; .snap: PSI snapshot's, values with units and precision). Atomic (temp + rename)."""
         path = os.fspath(path)
         fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
-        if fmt not in ("json", "csv", "npz", "sav"):
-            raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv, .npz or .sav)")
+        if fmt not in _FORMATS:
+            raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv, .npz, .sav or .snap)")
         d = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix="." + fmt, dir=d)
         fh = os.fdopen(fd, "wb")
@@ -238,6 +239,8 @@ class Snapshot:
                     from .autosave import format_sav
 
                     fh.write(format_sav(self.names.tolist(), self.values.tolist(), self.ok.tolist()).encode())
+                elif fmt == "snap":
+                    fh.write(self.to_snap().encode("utf-8"))
                 else:
                     text = self.to_json() if fmt == "json" else self.to_csv()
                     fh.write(text.encode("utf-8"))
@@ -250,13 +253,13 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str | os.PathLike, format: Optional[str] = None) -> "Snapshot":
-        """Read a file written by :meth:`save`, or a synApps autosave / pyepics ``.sav`` file
-        (SnapshotFormatError names file and line on bad input)."""
+        """Read a file written by :meth:`save`, a synApps autosave / pyepics ``.sav`` file or a PSI snapshot
+        ``.snap`` file (SnapshotFormatError names file and line on bad input)."""
         path = os.fspath(path)
         fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
         if not os.path.exists(path):
             raise SnapshotFormatError(f"{path}: no such file")
-        if fmt not in ("json", "csv", "npz", "sav"):
+        if fmt not in _FORMATS:
             raise SnapshotFormatError(f"{path}: unknown snapshot format {fmt!r}")
         if os.path.isdir(path):
             raise SnapshotFormatError(f"{path}: is a directory")
@@ -276,7 +279,89 @@ class Snapshot:
             raise SnapshotFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except OSError as exc:
             raise SnapshotFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if fmt == "snap":
+            return cls.from_snap(text, source=path)
         return cls.from_json(text, source=path) if fmt == "json" else cls.from_csv(text, source=path)
+
+    # -- PSI snapshot (.snap) ------------------------------------------------------------------------
+    def to_snap(self, **meta: Any) -> str:
+        """The text of a PSI ``snapshot`` tool file: a ``#``-prefixed JSON metadata line (``save_time``,
+        ``req_file_name``, ``labels``, ``comment``, ``machine_params``, and *meta*), then one
+        ``NAME,{"val": value, "egu": units, "prec": precision}`` line per PV (units and precision when the
+        snapshot has them) and a bare ``NAME`` line for a PV without value, as that tool writes them."""
+        head = {"save_time": self.created, "req_file_name": "", "labels": [], "comment": "",
+                "machine_params": {}, **meta}
+        lines = ["#" + json.dumps(head)]
+        units = self.ctrl.get("units")
+        prec = self.ctrl.get("precision")
+        for i, name in enumerate(self.names.tolist()):
+            v = self.values[i]
+            if not self.ok[i] or v is None:
+                lines.append(str(name))
+                continue
+            data: dict[str, Any] = {"val": v.tolist() if isinstance(v, np.ndarray) else
+                                    (v.item() if isinstance(v, np.generic) else v)}
+            if units is not None and units[i] is not None:
+                data["egu"] = units[i]
+            if prec is not None and int(prec[i]) >= 0:
+                data["prec"] = int(prec[i])
+            lines.append(f"{name},{json.dumps(data)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_snap(cls, text: str, source: str = "<snap>") -> "Snapshot":
+        """Parse a PSI ``snapshot`` file: metadata line, ``NAME,{"val": ...}`` lines (the older
+        ``NAME,<json value>`` too) and bare ``NAME`` lines (no value: a failed PV).  ``egu``/``prec`` go to
+        the ctrl columns ``units``/``precision``; ``save_time`` to :attr:`created`."""
+        rows: list[Row] = []
+        units: list[Optional[str]] = []
+        prec: list[int] = []
+        meta: dict[str, Any] = {}
+        seen_meta = False
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.startswith("#"):
+                if not seen_meta:
+                    seen_meta = True
+                    try:
+                        meta = json.loads(line[1:]) if line[1:].strip() else {}
+                    except json.JSONDecodeError as exc:
+                        raise SnapshotFormatError(f"{source}:{lineno}: metadata is not JSON: {exc.msg}") from None
+                continue
+            if not line.strip():
+                continue
+            name, sep, rest = line.strip().partition(",")
+            egu, p = None, -1
+            if not sep:
+                rows.append(Row(name, None, -1, -1, math.nan, False, "no value in the snapshot file"))
+            else:
+                try:
+                    data = json.loads(rest)
+                    if rest.lstrip().startswith("{"):
+                        if not isinstance(data, dict) or "val" not in data:
+                            raise ValueError("a JSON object without 'val'")
+                        egu, p = data.get("egu"), data.get("prec")
+                        p = -1 if p is None else int(p)
+                        data = data["val"]
+                    value = _from_snap_value(data)
+                except (json.JSONDecodeError, *_BAD_DATA) as exc:
+                    raise SnapshotFormatError(f"{source}:{lineno}: bad value for {name!r}: {exc}") from None
+                ok = value is not None
+                rows.append(Row(name, value, 0 if ok else -1, 0 if ok else -1, math.nan, ok,
+                                None if ok else "no value in the snapshot file"))
+            units.append(egu if isinstance(egu, str) else None)
+            prec.append(p)
+        if not seen_meta:
+            raise SnapshotFormatError(f"{source}:1: not a PSI snapshot file (no '#' metadata line)")
+        snap = cls.from_rows(rows)
+        try:
+            snap.created = float(meta.get("save_time", snap.created)) if isinstance(meta, dict) else snap.created
+        except (TypeError, ValueError):
+            pass
+        if any(u is not None for u in units) or any(x >= 0 for x in prec):
+            col = np.empty(len(units), dtype=object)
+            col[:] = units
+            snap.ctrl = {"units": col, "precision": np.asarray(prec, dtype=np.int16)}
+        return snap
 
     def _records(self) -> list[dict[str, Any]]:
         recs = []
@@ -586,6 +671,21 @@ def _decode(kind: str, payload: Any) -> Any:
             return np.asarray([_j2f(x) for x in payload], dtype=dt)
         return np.asarray(payload, dtype=dt)
     raise ValueError(f"unknown value kind {kind!r}")
+
+
+def _from_snap_value(v: Any) -> Any:
+    """A value of a .snap line: numbers and text as they are, a list of text as a list (capar's string
+    arrays), a list of numbers as a numpy array (int64 or float64, as the tool's numpy.asarray)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, list):
+        if all(isinstance(x, str) for x in v) and v:
+            return list(v)
+        if any(isinstance(x, (list, dict)) for x in v):
+            raise ValueError("nested arrays are not supported")
+        return np.asarray([_j2f(x) if isinstance(x, str) else x for x in v],
+                          dtype=np.float64 if any(isinstance(x, (float, str)) for x in v) else np.int64)
+    raise ValueError(f"unsupported value {v!r:.40}")
 
 
 def _encode_cell(v: Any) -> Any:

@@ -547,3 +547,42 @@ def test_console_script_and_version():
                          env=dict(os.environ))
     assert out.returncode == 0 and out.stdout.startswith("capar ")
     assert "snapshot" in run("--help").stdout
+
+
+def test_psi_snap_files_restore_diff_and_write(priv, tmp_path):
+    """A .snap file as PSI's snapshot tool writes it (metadata line, NAME,{"val": ...} lines, the older
+    NAME,<value> form, a bare NAME for a PV saved without value) drives `capar diff` and `capar restore`;
+    `capar snapshot -o x.snap` writes that format back."""
+    P, env = priv.prefix, priv_env(priv)
+    snap = tmp_path / "machine.snap"
+    snap.write_text(
+        '#{"save_time": 1700000000.5, "req_file_name": "machine.req", "labels": ["golden"], "comment": "",'
+        ' "machine_params": {}}\n'
+        f'{P}ao,{{"val": 2.75, "egu": "mm", "prec": 3}}\n'
+        f'{P}longout,{{"val": 42}}\n'
+        f'{P}stringout,"from snap"\n'
+        f'{P}wf_double,{{"val": [1.0, 2.0, 3.5]}}\n'
+        f'{P}wf_string,{{"val": ["x", "y"]}}\n'
+        f'{P}bo\n')
+    loaded = capar.Snapshot.load(snap)
+    assert loaded.created == 1700000000.5 and loaded.ok.tolist() == [True] * 5 + [False]
+    assert loaded.ctrl["units"][0] == "mm" and loaded.ctrl["precision"][0] == 3
+    before = run("snapshot", *[P + n for n in ("ao", "longout", "stringout", "wf_double", "wf_string")],
+                 "-o", tmp_path / "before.json", env=env)
+    assert before.returncode == 0, before.stderr
+    try:
+        d = run("diff", snap, env=env)
+        assert d.returncode == 1 and f"changed {P}ao:" in d.stdout, d.stdout + d.stderr
+        res = run("restore", snap, "--wait", env=env)
+        assert res.returncode == 0, res.stderr
+        assert f"{P}bo skipped" in res.stdout
+        # only the PV saved without value differs now (failed in the file, connected live)
+        assert run("diff", snap, env=env).stdout.strip() == f"missing {P}bo"
+        out = run("snapshot", P + "ao", P + "wf_double", P + "nothere", "-o", tmp_path / "back.snap", "-w", "0.5",
+                  env=env)
+        assert out.returncode == 1 and "nothere: not connected" in out.stderr, out.stderr  # as caget: exit 1
+        lines = (tmp_path / "back.snap").read_text().splitlines()
+        assert lines[0].startswith('#{"save_time": ') and lines[1] == f'{P}ao,{{"val": 2.75}}'
+        assert lines[2] == f'{P}wf_double,{{"val": [1.0, 2.0, 3.5]}}' and lines[3] == f"{P}nothere"
+    finally:
+        run("restore", tmp_path / "before.json", "--wait", env=env)
