@@ -13,7 +13,7 @@ import time  # noqa: F401  (pyepics' `from epics import *` hands scripts the tim
 __all__ = [
     "__version__", "ca", "dbr", "caget", "caput", "cainfo", "camonitor", "camonitor_clear", "caget_many",
     "caput_many", "PV", "get_pv", "poll", "CAThread", "withInitialContext", "CAProcess", "CAPool",
-    "acquire", "Group", "Snapshot", "Coordinator", "Monitor",
+    "acquire", "Group", "Snapshot", "Coordinator", "Monitor", "TimeSeriesWriter", "read_series",
     # the rest of what pyepics' `from epics import *` gives a script
     "Alarm", "Device", "Motor", "NO_ALARM", "MINOR_ALARM", "MAJOR_ALARM", "INVALID_ALARM", "alarm", "device",
     "motor", "multiproc", "pv", "time", "utils", "version",
@@ -32,7 +32,7 @@ _LAZY = {
     "acquire": "capar.bulk", "Group": "capar.bulk", "caget_many": "capar.bulk", "caput_many": "capar.bulk",
     "Snapshot": "capar.snapshot", "CAProcess": "capar.parallel", "CAPool": "capar.parallel",
     "Coordinator": "capar.parallel", "DaskCoordinator": "capar.parallel.cluster",  # not in __all__: extra
-    "Monitor": "capar.monitor",
+    "Monitor": "capar.monitor", "TimeSeriesWriter": "capar.series", "read_series": "capar.series",
     "Alarm": "capar.alarm", "Device": "capar.device", "Motor": "capar.motor",
 }
 

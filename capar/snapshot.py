@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["Snapshot", "Row", "SnapshotDiff", "SnapshotFormatError"]
 
 _FORMAT = "capar-snapshot-1"
-_FORMATS = ("json", "csv", "npz", "sav", "snap")
+_FORMATS = ("json", "csv", "npz", "sav", "snap", "h5", "hdf5", "parquet")
 
 
 class SnapshotFormatError(ValueError):
@@ -221,12 +221,14 @@ class Snapshot:
 
     # -- files ---------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, format: Optional[str] = None) -> str:
-        """Write to *path*; format from *format* or the suffix (.json, .csv, .npz; .sav: synApps autosave's text,
-        values only; .snap: PSI snapshot's, values with units and precision). Atomic (temp + rename)."""
+        """Write to *path*; format from *format* or the suffix (.json, .csv, .npz, .h5/.hdf5 (h5py), .parquet
+        (pyarrow): everything, ctrl included, exactly; .sav: synApps autosave's text, values only; .snap: PSI
+        snapshot's, values with units and precision). Atomic (temp + rename)."""
         path = os.fspath(path)
         fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
         if fmt not in _FORMATS:
-            raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} (use .json, .csv, .npz, .sav or .snap)")
+            raise ValueError(f"unknown snapshot format {fmt!r} for {path!r} "
+                             "(use .json, .csv, .npz, .h5, .parquet, .sav or .snap)")
         d = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix="." + fmt, dir=d)
         fh = os.fdopen(fd, "wb")
@@ -241,6 +243,9 @@ class Snapshot:
                     fh.write(format_sav(self.names.tolist(), self.values.tolist(), self.ok.tolist()).encode())
                 elif fmt == "snap":
                     fh.write(self.to_snap().encode("utf-8"))
+                elif fmt in ("h5", "hdf5", "parquet"):
+                    fh.close()
+                    (self._save_h5 if fmt != "parquet" else self._save_parquet)(tmp)
                 else:
                     text = self.to_json() if fmt == "json" else self.to_csv()
                     fh.write(text.encode("utf-8"))
@@ -269,6 +274,15 @@ class Snapshot:
             rows = [Row(e.name, e.value, 0 if e.saved else -1, 0 if e.saved else -1, float("nan"), e.saved,
                         None if e.saved else "not saved: the saver could not read it") for e in read_sav(path)]
             return cls.from_rows(rows)
+        if fmt in ("h5", "hdf5", "parquet"):
+            try:
+                return cls._load_h5(path) if fmt != "parquet" else cls._load_parquet(path)
+            except SnapshotFormatError:
+                raise
+            except ImportError:
+                raise
+            except Exception as exc:
+                raise SnapshotFormatError(f"{path}: unreadable {fmt} snapshot: {exc}") from None
         try:
             if fmt == "npz":
                 return cls._load_npz(path)
@@ -282,6 +296,88 @@ class Snapshot:
         if fmt == "snap":
             return cls.from_snap(text, source=path)
         return cls.from_json(text, source=path) if fmt == "json" else cls.from_csv(text, source=path)
+
+    # -- columnar files (HDF5, Parquet) ----------------------------------------------------------------
+    def _columnar(self) -> dict[str, Any]:
+        """The columns of an HDF5/Parquet snapshot: native columns for tools, plus each value as its JSON
+        (kind, payload) and the ctrl columns as JSON, so that loading is exact."""
+        recs = self._records()
+        return {"name": [r["name"] for r in recs], "value": self.value.astype(np.float64),
+                "status": self.status.astype(np.int16), "severity": self.severity.astype(np.int16),
+                "timestamp": self.timestamp.astype(np.float64), "ok": self.ok.astype(bool),
+                "exact": [json.dumps([r["kind"], r["value"]], allow_nan=False) for r in recs],
+                "error": [None if r["error"] is None else str(r["error"]) for r in recs]}
+
+    def _meta(self) -> dict[str, str]:
+        return {"format": _FORMAT, "form": self.form, "created": repr(self.created),
+                "ctrl": json.dumps(_encode_ctrl(self.ctrl), allow_nan=False)}
+
+    @classmethod
+    def _from_columnar(cls, meta: dict[str, Any], cols: dict[str, Any], source: str) -> "Snapshot":
+        if meta.get("format") != _FORMAT:
+            raise SnapshotFormatError(f"{source}: not a capar snapshot")
+        rows = []
+        for i, name in enumerate(cols["name"]):
+            kind, payload = json.loads(cols["exact"][i])
+            err = cols["error"][i]
+            rows.append(_row(str(name), kind, payload, int(cols["status"][i]), int(cols["severity"][i]),
+                             float(cols["timestamp"][i]), bool(cols["ok"][i]),
+                             None if err is None or (isinstance(err, float) and math.isnan(err)) else str(err)))
+        snap = cls.from_rows(rows, form=str(meta.get("form", "time")))
+        snap.created = float(meta.get("created", snap.created))
+        snap.ctrl = _decode_ctrl(json.loads(meta.get("ctrl") or "{}"), len(rows))
+        return snap
+
+    def _save_h5(self, path: str) -> None:
+        from .series import _h5py
+
+        h5py = _h5py()
+        cols = self._columnar()
+        str_t = h5py.string_dtype()
+        with h5py.File(path, "w") as f:
+            for k, v in self._meta().items():
+                f.attrs[k] = v
+            for k, v in cols.items():
+                if k in ("name", "exact", "error"):
+                    f.create_dataset(k, data=np.asarray(["" if x is None else x for x in v], dtype=object),
+                                     dtype=str_t)
+                else:
+                    f.create_dataset(k, data=v)
+            f.create_dataset("error_none", data=np.asarray([x is None for x in cols["error"]], dtype=bool))
+
+    @classmethod
+    def _load_h5(cls, path: str) -> "Snapshot":
+        from .series import _h5py
+
+        h5py = _h5py()
+        with h5py.File(path, "r") as f:
+            meta = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f.attrs.items()}
+
+            def text(k: str) -> list[str]:
+                return [x.decode() if isinstance(x, bytes) else str(x) for x in f[k][()]]
+
+            cols: dict[str, Any] = {k: f[k][()] for k in ("value", "status", "severity", "timestamp", "ok")}
+            cols.update(name=text("name"), exact=text("exact"),
+                        error=[None if none else e for e, none in zip(text("error"), f["error_none"][()])])
+        return cls._from_columnar(meta, cols, path)
+
+    def _save_parquet(self, path: str) -> None:
+        from .series import _pyarrow
+
+        pa = _pyarrow()
+        table = pa.table(self._columnar())
+        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in self._meta().items()})
+        pa.parquet.write_table(table, path)
+
+    @classmethod
+    def _load_parquet(cls, path: str) -> "Snapshot":
+        from .series import _pyarrow
+
+        pa = _pyarrow()
+        table = pa.parquet.read_table(path)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        return cls._from_columnar(meta, cols, path)
 
     # -- PSI snapshot (.snap) ------------------------------------------------------------------------
     def to_snap(self, **meta: Any) -> str:

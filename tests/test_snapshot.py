@@ -34,7 +34,10 @@ def _same(a, b):
     return type(a) is type(b) and a == b
 
 
-@pytest.mark.parametrize("suffix", [".json", ".csv", ".npz"])
+FORMATS = [".json", ".csv", ".npz", ".h5", ".parquet"]
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
 def test_round_trip_exact(tmp_path, suffix):
     snap = Snapshot.from_rows(SAMPLE, form="time")
     path = snap.save(tmp_path / ("snap" + suffix))
@@ -53,7 +56,7 @@ def test_round_trip_exact(tmp_path, suffix):
 def test_live_snapshot_round_trip(tmp_path, prefix):
     names = [prefix + r for r in ("ao", "longin", "stringin", "wf_double", "wf_string", "mbbo", "nothere")]
     snap = acquire(names, connection_timeout=0.5)
-    for suffix in (".json", ".csv", ".npz"):
+    for suffix in FORMATS:
         back = Snapshot.load(snap.save(tmp_path / ("live" + suffix)))
         assert not snap.diff(back), str(snap.diff(back))
         assert back.ok.tolist() == [True] * 6 + [False]
@@ -99,7 +102,7 @@ values = st.one_of(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(vals=st.lists(values, max_size=8), suffix=st.sampled_from([".json", ".csv", ".npz"]))
+@given(vals=st.lists(values, max_size=8), suffix=st.sampled_from(FORMATS))
 def test_round_trip_property(tmp_path, vals, suffix):
     rows = [Row(f"P:{i}", v, 0, 0, 1.0, v is not None, None if v is not None else "timeout")
             for i, v in enumerate(vals)]
@@ -155,7 +158,7 @@ def test_ctrl_snapshot_round_trips_in_every_format(tmp_path, prefix):
     names = [prefix + n for n in ("ao", "mbbo", "stringin", "wf_double", "nothere")]
     snap = capar.acquire(names, form="ctrl", timeout=2.0, connection_timeout=0.5)
     assert snap.ctrl["enum_strs"][1] and snap.ctrl["precision"][0] >= 0
-    for suffix in (".json", ".csv", ".npz"):
+    for suffix in FORMATS:
         back = Snapshot.load(snap.save(tmp_path / ("ctrl" + suffix)))
         assert back.form == "ctrl" and not snap.diff(back)
         _same_ctrl(snap.ctrl, back.ctrl)
@@ -166,7 +169,7 @@ cells = st.one_of(st.none(), st.text(max_size=12), st.lists(st.text(max_size=8),
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), n=st.integers(0, 6), suffix=st.sampled_from([".json", ".csv", ".npz"]))
+@given(data=st.data(), n=st.integers(0, 6), suffix=st.sampled_from(FORMATS))
 def test_ctrl_round_trip_property(tmp_path, data, n, suffix):
     rows = [Row(f"P:{i}", float(i), 0, 0, 1.0, True, None) for i in range(n)]
     snap = Snapshot.from_rows(rows, form="ctrl")
