@@ -214,3 +214,62 @@ def test_monitor_to_file_flushes_on_sigint(prefix, tmp_path):
     assert len(files) >= 2 and all(len(c) <= 5 for c in chunks) and len(chunks[-1]) >= 1
     values = [r[3] for c in chunks for r in c if r[2] == 0]
     assert all(b - a == 1 for a, b in zip(values, values[1:]))   # nothing lost between chunks
+
+
+@pytest.mark.parametrize("fmt,ext", [("hdf5", "h5"), ("parquet", "parquet")])
+def test_archive_series_file_survives_sigkill(prefix, tmp_path, fmt, ext):
+    """--format hdf5|parquet: every snapshot goes into ONE file of the day; SIGKILL the job mid-run and read
+    back every snapshot it reported, then a restarted job appends to the same file."""
+    pytest.importorskip("h5py" if fmt == "hdf5" else "pyarrow")
+    names = [prefix + f"s{i}" for i in range(300)] + [prefix + "stringin", prefix + "wf_double", prefix + "c0"]
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    proc = popen("archive.py", tmp_path / "names.txt", tmp_path / "arch", "--every", "1", "--format", fmt,
+                 "--name", "day")
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        time.sleep(0.5)
+    finally:
+        proc.kill()  # SIGKILL: no clean-up, no close
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    paths = {ln.split(":")[0] for ln in lines}
+    assert len(paths) == 1, lines
+    path = paths.pop()
+    assert re.fullmatch(r"day-\d{8}\." + ext, os.path.basename(path))
+    df = capar.read_series(path)
+    per = df.groupby("time").size()
+    assert len(per) >= 3 and (per == len(names)).all()
+    last = df[df.time == per.index[-1]].set_index("name")
+    assert last.loc[prefix + "s7", "value"] == 7.0 and last.loc[prefix + "stringin", "values"] == "world"
+    assert np.array_equal(last.loc[prefix + "wf_double", "values"], [1, 2, 3, 4, 5])
+    c0 = df[df.name == prefix + "c0"].value.to_numpy()
+    assert (np.diff(c0) >= 5).all()  # a counter at 10 Hz, one snapshot a second: in order
+    out = run("archive.py", tmp_path / "names.txt", tmp_path / "arch", "--every", "1", "--count", "2",
+              "--format", fmt, "--name", "day")
+    assert out.returncode == 0, out.stderr
+    again = capar.read_series(path, [prefix + "s0"], events=False)
+    assert len(again) == len(per) + 2 and os.listdir(tmp_path / "arch") == [os.path.basename(path)]
+
+
+@pytest.mark.parametrize("fmt,ext", [("hdf5", "h5"), ("parquet", "parquet")])
+def test_monitor_to_file_series_survives_sigkill(prefix, tmp_path, fmt, ext):
+    pytest.importorskip("h5py" if fmt == "hdf5" else "pyarrow")
+    (tmp_path / "m.txt").write_text(f"{prefix}c1\n{prefix}stringout\n")
+    proc = popen("monitor_to_file.py", tmp_path / "m.txt", tmp_path / "out", "--format", fmt,
+                 "--rotate-events", "5")
+    try:
+        reported = [proc.stdout.readline() for _ in range(3)]
+        time.sleep(0.3)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    path = reported[0].split(":")[0]
+    assert re.fullmatch(r"m-\d{8}\." + ext, os.path.basename(path)) and all(path in r for r in reported)
+    df = capar.read_series(path)
+    assert len(df) >= 15 and (df.source == "event").all()
+    c1 = df[(df.name == prefix + "c1") & (df.kind == 0)].value.to_numpy()
+    assert len(c1) >= 10 and (np.diff(c1) == 1).all()  # every event of every reported chunk, in order
+    assert "hello" in df[df.name == prefix + "stringout"]["values"].tolist()

@@ -2,6 +2,12 @@
 
     python workers/archive.py names.txt /data/archive --every 60 --keep 1440 [--name NAME] [--processes K]
     python workers/archive.py ioc.req /data/archive -m P=IOC1: --every 10 --count 6
+    python workers/archive.py names.txt /data/archive --every 60 --format hdf5 --keep 30 [--max-mb 2000]
+
+With ``--format hdf5`` or ``parquet`` every snapshot is appended to ONE time series file per UTC day,
+``DIR/NAME-YYYYmmdd.h5`` (``.parquet``), a new part ``NAME-YYYYmmdd-2.h5`` ... when a file passes ``--max-mb``
+(:class:`capar.TimeSeriesWriter`: crash-safe appends; read a range with :func:`capar.read_series`); ``--keep``
+then counts those files.
 
 The channels stay connected between snapshots (``capar.Group``, or ``Coordinator.connect`` with
 ``--processes``).  File names carry the UTC time of the scheduled tick (ticks are T seconds apart, T >= 1,
@@ -19,17 +25,25 @@ import sys
 import time
 
 import capar
-from _jobs import job_inputs, stop_on_signals
+from _jobs import SERIES, DailySeries, job_inputs, stop_on_signals
 
 
 def rotate(directory, name, ext, keep):
-    """Delete the oldest NAME-YYYYmmdd-HHMMSS.EXT files of *directory* beyond the newest *keep*."""
-    pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}\." + re.escape(ext) + "$")
-    files = sorted(f for f in os.listdir(directory) if pattern.match(f))
+    """Delete the oldest NAME-YYYYmmdd-HHMMSS.EXT (series: NAME-YYYYmmdd[-N].EXT) files of *directory* beyond
+    the newest *keep*."""
+    stamp = r"-(\d{8})(?:-(\d+))?\." if ext in SERIES.values() else r"-(\d{8}-\d{6})()\."
+    pattern = re.compile(re.escape(name) + stamp + re.escape(ext) + "$")
+    matches = [(m.group(1), int(m.group(2) or 1), f) for f in os.listdir(directory) for m in [pattern.match(f)] if m]
+    files = [f for _, _, f in sorted(matches)]
     removed = []
     for f in files[:max(len(files) - keep, 0)]:
         try:
-            os.unlink(os.path.join(directory, f))
+            path = os.path.join(directory, f)
+            if os.path.isdir(path + ".parts"):  # a Parquet file's appends not compacted yet
+                for p in os.listdir(path + ".parts"):
+                    os.unlink(os.path.join(path + ".parts", p))
+                os.rmdir(path + ".parts")
+            os.unlink(path)
             removed.append(f)
         except FileNotFoundError:
             pass
@@ -44,7 +58,10 @@ def main(argv=None):
     ap.add_argument("--every", type=float, default=60.0, metavar="T", help="seconds between snapshots (>= 1)")
     ap.add_argument("--keep", type=int, default=100, metavar="N", help="number of files to keep (default 100)")
     ap.add_argument("--name", default=None, help="file name prefix (default: the names file's stem)")
-    ap.add_argument("--format", choices=["npz", "json", "csv"], default="npz", help="file format (default npz)")
+    ap.add_argument("--format", choices=["npz", "json", "csv", "hdf5", "parquet"], default="npz",
+                    help="file format (default npz; hdf5/parquet: one time series file per day)")
+    ap.add_argument("--max-mb", type=float, default=0.0, metavar="MB",
+                    help="hdf5/parquet: start a new file of the day when the current one passes MB (0: no limit)")
     ap.add_argument("--count", type=int, default=0, metavar="M", help="stop after M snapshots (0: run until signalled)")
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds: connection, and each read")
     ap.add_argument("--processes", type=int, default=0, metavar="K", help="shard over K processes (Coordinator)")
@@ -56,6 +73,8 @@ def main(argv=None):
     if args.keep < 1 or args.count < 0 or args.processes < 0:
         ap.error("--keep must be >= 1, --count and --processes >= 0")
     name, names = job_inputs(ap, args, "archive")
+    ext = SERIES.get(args.format, args.format)
+    series = DailySeries(args.directory, name, ext, names, args.max_mb) if args.format in SERIES else None
     coord = None
     incomplete = 0
     with stop_on_signals() as stop:
@@ -68,11 +87,16 @@ def main(argv=None):
             wall0, mono0 = time.time(), time.monotonic()
             tick = done = 0
             while not stop.is_set():
-                stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall0 + tick * args.every))
+                when = wall0 + tick * args.every
                 snap = source.get(timeout=args.timeout)
-                path = os.path.join(args.directory, f"{name}-{stamp}.{args.format}")
-                snap.save(path)  # temporary file + rename
-                removed = rotate(args.directory, name, args.format, args.keep)
+                if series is not None:
+                    snap.created = when  # the tick's time: the series' time axis
+                    path = series.append(snap, when)  # one crash-safe append to the day's file
+                else:
+                    path = os.path.join(args.directory, f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(when))}"
+                                                        f".{ext}")
+                    snap.save(path)  # temporary file + rename
+                removed = rotate(args.directory, name, ext, args.keep)
                 done += 1
                 print(f"{path}: {len(snap)} PVs, {snap.n_ok} ok, {snap.elapsed:.3f} s"
                       + (f"; removed {len(removed)} old file(s)" if removed else ""), flush=True)
@@ -89,6 +113,8 @@ def main(argv=None):
                 stop.wait(max(mono0 + tick * args.every - time.monotonic(), 0.0))
             source.close()
         finally:
+            if series is not None:
+                series.close()
             if coord is not None:
                 coord.close()
     if stop.is_set():

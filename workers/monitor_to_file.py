@@ -2,6 +2,11 @@
 
     python workers/monitor_to_file.py names.txt /data/mon [--format npz|csv] [--rotate-events 100000]
                                       [--rotate-seconds 60] [--count N] [--seconds T] [--name NAME]
+    python workers/monitor_to_file.py names.txt /data/mon --format hdf5|parquet [--max-mb 2000]
+
+With ``--format hdf5`` or ``parquet`` each chunk is one crash-safe append to ONE time series file per UTC
+day, ``DIR/NAME-YYYYmmdd.h5`` (``.parquet``; a new part ``-2``, ``-3`` ... past ``--max-mb``), read back with
+:func:`capar.read_series` (see :class:`capar.TimeSeriesWriter`).
 
 One ``capar.Monitor`` subscribes to every PV; its batches are cut into chunks of at most ``--rotate-events``
 events (or what arrived in ``--rotate-seconds``), each written atomically (temporary ``.capar-*`` file +
@@ -31,7 +36,8 @@ import time
 import numpy as np
 
 import capar
-from _jobs import job_inputs, stop_on_signals
+from capar.monitor import Batch
+from _jobs import SERIES, DailySeries, job_inputs, stop_on_signals
 
 FORMAT = "capar-monitor-chunk-1"
 
@@ -50,16 +56,19 @@ def as_text(v):
 class ChunkWriter:
     """Accumulates events; ``flush()`` writes them as one chunk file (temporary file + rename)."""
 
-    def __init__(self, directory, name, fmt, names):
+    def __init__(self, directory, name, fmt, names, max_mb=0.0):
         self.directory, self.name, self.fmt = directory, name, fmt
         self.names = list(names)
         self.seq = 0
         self.files = []
+        # hdf5/parquet: each chunk is one append to the day's time series file instead of a file of its own
+        self.series = DailySeries(directory, name, SERIES[fmt], self.names, max_mb) if fmt in SERIES else None
         self._reset()
 
     def _reset(self):
         self.cols = {k: [] for k in ("index", "timestamp", "value", "status", "severity", "kind")}
         self.text = []
+        self.objs = []
         self.overflow = 0
         self.started = time.time()
         self.started_mono = time.monotonic()
@@ -73,8 +82,10 @@ class ChunkWriter:
             self.cols[k].append(np.asarray(getattr(batch, k)[a:b]))
         if batch.values is not None:
             self.text.extend(as_text(v) for v in batch.values[a:b])
+            self.objs.extend(batch.values[a:b])
         else:
             self.text.extend([""] * (b - a))
+            self.objs.extend([None] * (b - a))
 
     def flush(self):
         n = len(self)
@@ -82,6 +93,18 @@ class ChunkWriter:
             self._reset()
             return None
         self.seq += 1
+        if self.series is not None:
+            cols = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.cols.items()}
+            batch = Batch(
+                index=cols["index"].astype(np.int64), value=cols["value"].astype(float),
+                timestamp=cols["timestamp"].astype(float), status=cols["status"].astype(np.int16),
+                severity=cols["severity"].astype(np.int16), kind=cols["kind"].astype(np.int8),
+                values=self.objs if any(o is not None for o in self.objs) else None, overflow=self.overflow)
+            path = self.series.append_batch(batch, time.time())
+            if path not in self.files:
+                self.files.append(path)
+            self._reset()
+            return path, n
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.started))
         path = os.path.join(self.directory, f"{self.name}-{stamp}-{self.seq:06d}.{self.fmt}")
         cols = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.cols.items()}
@@ -125,7 +148,10 @@ def main(argv=None):
                                  epilog="exit status: 0, 1 some PVs never connected, 2 usage or names file")
     ap.add_argument("names", help="PV names file or autosave request file (.req)")
     ap.add_argument("directory", help="output directory (created if needed)")
-    ap.add_argument("--format", choices=["npz", "csv"], default="npz", help="chunk file format (default npz)")
+    ap.add_argument("--format", choices=["npz", "csv", "hdf5", "parquet"], default="npz",
+                    help="chunk file format (default npz); hdf5/parquet: every chunk appended to one file per day")
+    ap.add_argument("--max-mb", type=float, default=0.0, metavar="MB",
+                    help="hdf5/parquet: start a new file of the day when the current one passes MB (0: no limit)")
     ap.add_argument("--rotate-events", type=int, default=100_000, metavar="N",
                     help="at most N events per chunk file (default 100000)")
     ap.add_argument("--rotate-seconds", type=float, default=60.0, metavar="T",
@@ -142,7 +168,7 @@ def main(argv=None):
         ap.error("--rotate-events and --rotate-seconds must be > 0, --count and --seconds >= 0")
     name, names = job_inputs(ap, args, "monitor_to_file")
     with stop_on_signals() as stop:
-        writer = ChunkWriter(args.directory, name, args.format, names)
+        writer = ChunkWriter(args.directory, name, args.format, names, args.max_mb)
         values = 0
         ever = np.zeros(len(names), dtype=bool)
         connected = ever
@@ -180,6 +206,8 @@ def main(argv=None):
                 connected = mon.connected
         finally:
             report(writer.flush())  # the pending chunk, also on errors and signals
+            if writer.series is not None:
+                writer.series.close()
     never = [names[i] for i in range(len(names)) if not ever[i] and not connected[i]]
     for n in never:
         print(f"{n}: not connected", file=sys.stderr)
