@@ -42,6 +42,7 @@ bench: $(VENV)/.stamp-bench
 	$(PY) bench/startup_bench.py
 	$(PY) bench/multi_ioc_bench.py
 	$(PY) bench/dask_bench.py
+	$(PY) bench/files_bench.py
 	$(PY) bench/multi_ioc_bench.py --iocs 1 --pvs 20000
 
 clean:
