@@ -172,6 +172,7 @@ class Group:
         status = np.full(u, -1, dtype=np.int16)
         severity = np.full(u, -1, dtype=np.int16)
         stamp = np.full(u, np.nan)
+        stamp_ns = np.zeros(u, dtype=np.int64)  # the IOC's (secs, nsec) exactly: EPICS-epoch nanoseconds
         ok = np.zeros(u, dtype=bool)
         error = np.full(u, None, dtype=object)
         error[~self.connected] = "not connected"
@@ -196,6 +197,7 @@ class Group:
             severity[good] = buf["severity"][done]
             if not ctrl:
                 stamp[good] = dbr.to_posix(buf["secs"][done], buf["nsec"][done])
+                stamp_ns[good] = buf["secs"][done].astype(np.int64) * 1_000_000_000 + buf["nsec"][done]
             else:
                 _fill_ctrl(ctrl_cols, good, buf[done])
             ok[good] = True
@@ -238,6 +240,7 @@ class Group:
                 status[i], severity[i] = int(header["status"]), int(header["severity"])
                 if not ctrl:
                     stamp[i] = float(dbr.to_posix(int(header["secs"]), int(header["nsec"])))
+                    stamp_ns[i] = int(header["secs"]) * 1_000_000_000 + int(header["nsec"])
                 else:
                     _fill_ctrl(ctrl_cols, np.asarray([i]), np.asarray([header]))
                 values[i] = self._array_value(rtype, vals)
@@ -253,6 +256,9 @@ class Group:
         snap.status[valid] = status[sel]
         snap.severity[valid] = severity[sel]
         snap.timestamp[valid] = stamp[sel]
+        if not ctrl:  # not a column (files keep the float): for text that must round like the C tools
+            snap.stamp_ns = np.zeros(n, dtype=np.int64)
+            snap.stamp_ns[valid] = stamp_ns[sel]
         snap.ok[valid] = ok[sel]
         snap.error[valid] = error[sel]
         if n and not valid.all():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from typing import Any, Optional, Sequence
 
@@ -21,6 +20,7 @@ __all__ = ["DEFAULT_TIMEOUT", "cli_timeout", "ToolFormat", "c_escape", "c_unesca
 DEFAULT_TIMEOUT = 1.0
 
 STRING, SHORT, FLOAT, ENUM, CHAR, LONG, DOUBLE = range(7)
+MAX_ENUM_STATES = 16
 _DBF = ("DBF_STRING", "DBF_SHORT", "DBF_FLOAT", "DBF_ENUM", "DBF_CHAR", "DBF_LONG", "DBF_DOUBLE")
 _BASE = ("STRING", "SHORT", "FLOAT", "ENUM", "CHAR", "LONG", "DOUBLE")
 _DBR_NAMES = {i: f"DBR_{n}" for i, n in enumerate(_BASE)}
@@ -37,8 +37,9 @@ _STAT = ("NO_ALARM", "READ", "WRITE", "HIHI", "HIGH", "LOLO", "LOW", "STATE", "C
 _SEVR = ("NO_ALARM", "MINOR", "MAJOR", "INVALID")
 
 
-def cli_timeout() -> float:
-    """The tools' default timeout: ``EPICS_CLI_TIMEOUT`` when it holds a number, else 1 s."""
+def cli_timeout(warn: bool = False) -> float:
+    """The tools' default timeout: ``EPICS_CLI_TIMEOUT`` when it holds a number, else 1 s (with *warn*, a bad
+    value is reported on stderr as the tools report it)."""
     text = os.environ.get("EPICS_CLI_TIMEOUT")
     if text is not None:
         try:
@@ -47,54 +48,69 @@ def cli_timeout() -> float:
                 return value
         except ValueError:
             pass
+        if warn:
+            import sys
+
+            print(f"'{text}' is not a valid timeout value (from 'EPICS_CLI_TIMEOUT' in the environment) - "
+                  "ignored. (use '-h' for help.)", file=sys.stderr)
     return DEFAULT_TIMEOUT
 
 
-def c_escape(text: str) -> str:
-    """``epicsStrnEscapedFromRaw``: C escapes for control characters, quotes and backslash."""
+_C_ESCAPES = {0x07: "\\a", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x0B: "\\v",
+              0x5C: "\\\\", 0x27: "\\'", 0x22: '\\"', 0x00: "\\0"}
+
+
+def c_escape(text: Any) -> str:
+    """``epicsStrnEscapedFromRaw`` of the text's UTF-8 bytes, as the tools print in the C locale: C escapes
+    for control characters, quotes and backslash, ``\\xNN`` for every other byte that is not printable
+    ASCII (so ``é`` prints as ``\\xc3\\xa9``, as caget prints it)."""
+    raw = text if isinstance(text, bytes) else str(text).encode("utf-8", "surrogateescape")
     out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in "\\'\"":
-            out.append("\\" + ch)
-        elif ch in "\a\b\f\n\r\t\v":
-            out.append("\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(ch)])
-        elif code < 0x20 or code == 0x7f:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(ch)
+    for b in raw:
+        esc = _C_ESCAPES.get(b)
+        out.append(esc if esc is not None else chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}")
     return "".join(out)
 
 
-_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\",
-            "'": "'", '"': '"', "?": "?"}
+_RAW_ESCAPES = {"a": 0x07, "b": 0x08, "f": 0x0C, "n": 0x0A, "r": 0x0D, "t": 0x09, "v": 0x0B, "\\": 0x5C,
+                "'": 0x27, '"': 0x22, "0": 0x00}
+
+
+def c_unescape_raw(text: str) -> bytes:
+    """``epicsStrnRawFromEscaped`` on the UTF-8 bytes of *text*: ``\\a \\b \\f \\n \\r \\t \\v \\\\ \\' \\" \\0``,
+    ``\\xH``/``\\xHH`` (a byte; ``\\x`` without a hex digit is dropped), any other ``\\c`` is ``c``; no octal."""
+    src = text.encode("utf-8", "surrogateescape")
+    out = bytearray()
+    i, n = 0, len(src)
+    hexdigits = b"0123456789abcdefABCDEF"
+    while i < n:
+        c = src[i]
+        i += 1
+        if c != 0x5C:
+            out.append(c)
+            continue
+        if i >= n:
+            break
+        c = src[i]
+        i += 1
+        if c == ord("x"):
+            k = 0
+            u = 0
+            while k < 2 and i < n and src[i] in hexdigits:
+                u = u * 16 + int(chr(src[i]), 16)
+                i += 1
+                k += 1
+            if k:
+                out.append(u)
+            continue
+        out.append(_RAW_ESCAPES.get(chr(c), c))
+    return bytes(out)
 
 
 def c_unescape(text: str) -> str:
-    """``epicsStrnRawFromEscaped``: undo C escapes (``\\n``, ``\\x41``, ``\\101`` ...)."""
-    out, i = [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "\\" or i + 1 == len(text):
-            out.append(ch)
-            i += 1
-            continue
-        nxt = text[i + 1]
-        hexa = re.match(r"[0-9a-fA-F]{1,2}", text[i + 2:]) if nxt == "x" else None
-        octal = re.match(r"[0-7]{1,3}", text[i + 1:])
-        if nxt in _ESCAPES:
-            out.append(_ESCAPES[nxt])
-            i += 2
-        elif hexa:
-            out.append(chr(int(hexa.group(0), 16)))
-            i += 2 + len(hexa.group(0))
-        elif octal:
-            out.append(chr(int(octal.group(0), 8)))
-            i += 1 + len(octal.group(0))
-        else:
-            out.append(nxt)
-            i += 2
-    return "".join(out)
+    """:func:`c_unescape_raw` as text, up to its first NUL (the C string the tools write); bytes that are not
+    UTF-8 stay as surrogate escapes (``.encode('utf-8', 'surrogateescape')`` gives them back)."""
+    return c_unescape_raw(text).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 def stat_text(status: int) -> str:
@@ -107,14 +123,23 @@ def sevr_text(severity: int) -> str:
     return _SEVR[severity] if 0 <= severity < len(_SEVR) else "Illegal Severity"
 
 
-def time_text(stamp: float) -> str:
-    """``%Y-%m-%d %H:%M:%S.%06f`` in local time (microseconds truncated, as ``epicsTimeToStrftime``)."""
-    if not math.isfinite(stamp):
+_EPICS_EPOCH = 631152000  # POSIX seconds of the EPICS epoch, 1990-01-01 UTC: a time stamp never set
+
+
+def time_text(stamp: float, epics_ns: Optional[int] = None) -> str:
+    """``%Y-%m-%d %H:%M:%S.%06f`` in local time (microseconds rounded, as ``epicsTimeToStrftime``);
+    ``<undefined>`` for a time stamp never set (the EPICS epoch), as the tools print it.  *epics_ns*: the
+    stamp as EPICS-epoch nanoseconds, exact (a POSIX float cannot hold nanoseconds in 2026)."""
+    if epics_ns is not None:  # exact: (secs, nsec) since the EPICS epoch, as epicsTimeToStrftime has them
+        secs, nsec = divmod(int(epics_ns), 1_000_000_000)
+        if secs == 0 and nsec == 0:
+            return "<undefined>"
+        return (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(secs + _EPICS_EPOCH))
+                + ".%06d" % (min(nsec + 500, 999_999_999) // 1000))
+    if not math.isfinite(stamp) or stamp == _EPICS_EPOCH:
         return "<undefined>"
     secs = math.floor(stamp)
-    micro = int((stamp - secs) * 1e6 + 1e-7)
-    if micro >= 1_000_000:
-        secs, micro = secs + 1, micro - 1_000_000
+    micro = min(int((stamp - secs) * 1e6 + 0.5), 999_999)  # rounded, never into the next second
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(secs)) + f".{micro:06d}"
 
 
@@ -194,14 +219,19 @@ class ToolFormat:
         if native == ENUM:
             i = int(x)
             if not self.enum_as_nr and enum_strs is not None:
-                return c_escape(enum_strs[i]) if 0 <= i < len(enum_strs) else str(i)
-            return "%d" % i
+                if 0 <= i < len(enum_strs):
+                    return c_escape(enum_strs[i])
+                # the server's DBR_STRING of a state without a string: empty (16 states), else the number
+                return "" if 0 <= i < MAX_ENUM_STATES else str(i)
+            return self._long(i, self.int_base)  # -n: read as DBR_INT, so -0x/-0o/-0b apply
         if native in (FLOAT, DOUBLE):
             f = float(x)
             if self.float_base != "dec":
-                if not math.isfinite(f):
-                    return self._long(0, self.float_base)
-                return self._long(int(f + 0.5) if f > 0 else int(f - 0.5), self.float_base)
+                # (dbr_long_t)(f ± 0.5): NaN and values beyond a C int convert to INT_MIN (x86's cvttsd2si)
+                r = f + 0.5 if f > 0 else f - 0.5
+                if not math.isfinite(r) or not -2**31 <= math.trunc(r) < 2**31:
+                    return self._long(-2**31, self.float_base)
+                return self._long(math.trunc(r), self.float_base)
             try:
                 return self.float_format % f
             except (TypeError, ValueError):

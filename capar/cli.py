@@ -14,6 +14,7 @@ import argparse
 import atexit
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -226,7 +227,7 @@ def _tool_format(args: argparse.Namespace) -> Any:
 
     float_format = "%g"
     digits = getattr(args, "float_digits", None)
-    if digits is not None:
+    if digits is not None:  # None also when the tools would have ignored the option
         kind, n = digits
         float_format = f"%-.{n}{kind}"
     bases = {"x": "hex", "o": "oct", "b": "bin"}
@@ -307,8 +308,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         if args.t:
             lines.append(shown)
         elif args.a:
-            lines.append(f"{fmt.name(name, n_el)}{fmt.sep}{time_text(float(snap.timestamp[i]))}{fmt.sep}"
-                         f"{_wide_values(shown, fmt.sep)}{fmt.alarm(int(snap.status[i]), int(snap.severity[i]))}")
+            ns = int(snap.stamp_ns[i]) if snap.stamp_ns is not None else None
+            lines.append(f"{fmt.name(name, n_el)}{fmt.sep}{time_text(float(snap.timestamp[i]), ns)}"
+                         f"{_wide_values(shown, fmt.sep, n_el)}{fmt.alarm(int(snap.status[i]), int(snap.severity[i]))}")
         else:
             lines.append(f"{fmt.name(name, n_el)}{fmt.sep}{shown}")
     if lines:
@@ -316,9 +318,12 @@ def cmd_get(args: argparse.Namespace) -> int:
     return _report_failures(snap.failed)
 
 
-def _wide_values(shown: str, sep: str) -> str:
-    # print_time_val_sts writes "<sep>N" then "<sep>v" per element: an empty array leaves no separator after N
-    return shown[:-len(sep)] if shown.endswith(sep) and shown[:-len(sep)].isdigit() else shown
+def _wide_values(shown: str, sep: str, n_elements: int) -> str:
+    """The value part of a wide line with its separator: print_time_val_sts writes ``<sep>N`` (arrays) then
+    ``<sep>v`` per element, so zero elements print no value at all (and a count with no separator after it)."""
+    if n_elements == 0:
+        return sep + shown[:-len(sep)] if shown.endswith(sep) else (sep + shown if shown else "")
+    return sep + shown
 
 
 def _get_dbr(names: list[str], args: argparse.Namespace) -> int:
@@ -351,6 +356,12 @@ def _get_dbr(names: list[str], args: argparse.Namespace) -> int:
         strs = md.get("enum_strs") if dbr >= 21 else None
         if fmt.char_as_str and base == CHAR and (args.count or n > 1):
             shown = fmt.values(value, base, count, None)
+        elif base == ENUM and strs is not None and not fmt.enum_as_nr:  # tool_lib.c's GR/CTRL enum text
+            idx = [int(x) for x in (value.tolist() if hasattr(value, "tolist") else
+                                    (value if isinstance(value, (list, tuple)) else [value]))]
+            idx = (idx + [0] * max(0, (count or 0) - len(idx)))[:count] if count is not None else idx
+            shown = fmt.sep.join("Illegal Value (%d)" % i if i >= 16 else "Enum Index Overflow (%d)" % i
+                                 if i >= len(strs) else strs[i] for i in idx)
         else:
             items = fmt.values(value, base, count, strs, counted=True)
             shown = items.split(fmt.sep, 1)[1] if fmt.sep in items else ""
@@ -361,7 +372,9 @@ def _get_dbr(names: list[str], args: argparse.Namespace) -> int:
         if 7 <= dbr < 14 or dbr in (21, 28):
             out += sts
         elif 14 <= dbr < 21:
-            out += [f"    Timestamp:        {time_text(md.get('timestamp', float('nan')))}"] + sts
+            ns = (int(md["posixseconds"]) - 631152000) * 1_000_000_000 + int(md["nanoseconds"]) \
+                if "posixseconds" in md and "nanoseconds" in md else None
+            out += [f"    Timestamp:        {time_text(md.get('timestamp', float('nan')), ns)}"] + sts
         elif dbr >= 21:
             if base == ENUM:
                 enum_strs = md.get("enum_strs") or ()
@@ -393,11 +406,16 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def _unescape(text: str) -> str:
-    """``epicsStrnRawFromEscaped``: the value arguments of caput may hold C escapes."""
-    from .catools import c_unescape
+def _unescape(text: str) -> Any:
+    """``epicsStrnRawFromEscaped``: the value arguments of caput may hold C escapes; the C string they give
+    (up to a NUL), as text, or as bytes when it is not UTF-8 (``\\xff``)."""
+    from .catools import c_unescape_raw
 
-    return c_unescape(text)
+    raw = c_unescape_raw(text).split(b"\0", 1)[0]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 def _put_value(raw: list[str], native: int, nelm: int, args: argparse.Namespace,
@@ -420,18 +438,38 @@ def _put_value(raw: list[str], native: int, nelm: int, args: argparse.Namespace,
                                  f"{'is not a number' if args.n else 'invalid'}.") from None
         vals = [conv(s) for s in raw] if args.a else [conv(" ".join(raw))]
         return vals if args.a else vals[0]
+    if native == dbr.STRING:  # caput copies into a 40-byte dbr_string_t: at most 39 bytes arrive
+        vals = [_epics_str(_unescape(s)) for s in (raw if args.a else [" ".join(raw)])]
+        return vals if args.a else vals[0]
     if args.a:
         return [_unescape(s) for s in raw]
     text = " ".join(raw)
     if native == dbr.CHAR and nelm > 1 and (args.S or not _is_number(text)):
         return _unescape(text)  # text into a char array (caput -S; capar also without -S when not a number)
+    if native == dbr.CHAR and nelm > 1:
+        return float(text)  # a number: element 0, as caput (which writes it as one DBR_STRING)
     return _unescape(text)
+
+
+def _epics_str(value: Any) -> Any:
+    """*value* cut to the 39 bytes of a dbr_string_t (bytes when the cut splits a UTF-8 character)."""
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if len(raw) <= 39:
+        return value
+    raw = raw[:39]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 def cmd_put(args: argparse.Namespace) -> int:
     from .catools import ENUM, time_text
 
     raw = list(args.values)
+    if not raw:
+        print("No value specified. ('caput -h' for help.)", file=sys.stderr)
+        return 1
     if args.a:
         try:
             count = int(raw[0])
@@ -450,8 +488,9 @@ def cmd_put(args: argparse.Namespace) -> int:
         if args.t:
             return shown
         if args.l:
-            return (f"{fmt.name(args.pv, count)}{fmt.sep}{time_text(float(snap.timestamp[0]))}{fmt.sep}"
-                    f"{_wide_values(shown, fmt.sep)}{fmt.alarm(int(snap.status[0]), int(snap.severity[0]))}")
+            ns = int(snap.stamp_ns[0]) if snap.stamp_ns is not None else None
+            return (f"{fmt.name(args.pv, count)}{fmt.sep}{time_text(float(snap.timestamp[0]), ns)}"
+                    f"{_wide_values(shown, fmt.sep, count)}{fmt.alarm(int(snap.status[0]), int(snap.severity[0]))}")
         return f"{fmt.name(args.pv, count)}{fmt.sep}{shown}"
 
     with capar.Group([args.pv], form="time", connection_timeout=args.w) as g:
@@ -476,7 +515,7 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    if args.s is not None:  # libca's own report of the client context
+    if args.s:  # libca's own report of the client context (level 0: the info, as cainfo)
         from .ca import surface
 
         surface.client_status(None, args.s)
@@ -521,14 +560,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     import numpy as np
 
+    import queue
+
     import capar
-    from .catools import STRING, time_text
+    from .catools import DOUBLE, FLOAT, STRING, time_text
 
     names = _names(args)
     if args.max_events is not None and args.max_events < 1:
         raise UsageError("--count must be >= 1")
     fmt = _tool_format(args)
     modes = args.t or "s"
+    for ch in modes:
+        if ch not in "scnriI":
+            print(f"Invalid argument '{ch}' for option '-t' - ignored.", file=sys.stderr)
     server_ts, client_ts = "s" in modes, "c" in modes
     relative = "r" if "r" in modes else "i" if "i" in modes else "I" if "I" in modes else None
     seen: set[int] = set()
@@ -540,7 +584,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     prev: dict[Any, tuple[float, float]] = {}
     printed: set[int] = set()
 
-    def stamp(i: int, server: float) -> str:
+    def stamp(i: int, server: float, server_ns: Optional[int] = None) -> str:
         nonlocal first_server
         client = time.time()
         if first_server is None:
@@ -549,7 +593,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         absolute = relative is None or i not in printed
         if absolute:
             if server_ts:
-                parts.append(time_text(server))
+                parts.append(time_text(server, server_ns))
             if client_ts:
                 parts.append(f"({time_text(client)})")
         else:
@@ -565,21 +609,53 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     count = args.count or None
     with capar.Monitor(names, form="time", connection_timeout=args.w, mask=args.m, count=count) as mon:
-        reads = _Reads([names[i] for i, c in enumerate(mon.connected.tolist()) if c], args.w,
-                       enum_strings=not args.n) if mon.connected.any() else None
+        conn_idx = [i for i, c in enumerate(mon.connected.tolist()) if c]
+        reads = _Reads([names[i] for i in conn_idx], args.w, enum_strings=not args.n) if conn_idx else None
         info = {}
         if reads is not None:
             for k, name in enumerate(reads.snap.names.tolist()):
                 info[name] = (reads.natives[k], reads.enums.get(name))
+        # -s: floating point PVs subscribed as DBR_TIME_STRING, as camonitor does, so that the server formats
+        # them (its precision); their value events come from these subscriptions, not from the Monitor
+        as_text: "queue.Queue[tuple]" = queue.Queue()
+        text_pvs: set[int] = set()
+        text_subs: list[tuple] = []
+        if args.s and reads is not None:
+            from .ca import channel as _ch
+            from .ca import dbr as _dbr
+
+            for k, i in enumerate(conn_idx):
+                if reads.natives[k] in (FLOAT, DOUBLE):
+                    chid = _ch.create_channel(names[i], connect=True)
+                    nelm = int(reads.nelms[k])
+                    req = min(count, nelm) if count else 0
+                    sub = _ch.create_subscription(
+                        chid, ftype=_dbr.STRING, use_time=True, count=req, mask=args.m,
+                        callback=lambda value=None, _i=i, **kw: as_text.put((_i, value, kw)))
+                    text_subs.append((chid, sub))
+                    text_pvs.add(i)
         end = time.monotonic() + args.seconds if args.seconds is not None else math.inf
         while events < (args.max_events or math.inf):
             remaining = end - time.monotonic()
             if remaining <= 0:
                 break
-            batch = mon.get_batch(timeout=min(remaining, 0.5))
-            if batch is None:
-                continue
+            batch = mon.get_batch(timeout=min(remaining, 0.05 if text_pvs else 0.5))
             lines = []
+            while not as_text.empty() and events < (args.max_events or math.inf):
+                i, v, kw = as_text.get()
+                shown = fmt.values(v, STRING, None, None, counted=bool(args.count))
+                n_el = len(v) if isinstance(v, list) else 1
+                ns = (int(kw["posixseconds"]) - 631152000) * 1_000_000_000 + int(kw["nanoseconds"]) \
+                    if "posixseconds" in kw and "nanoseconds" in kw else None
+                lines.append(f"{fmt.name(names[i], n_el)}{fmt.sep}{stamp(i, float(kw.get('timestamp', 0.0)), ns)}"
+                             f"{_wide_values(shown, fmt.sep, n_el)}"
+                             f"{fmt.alarm(int(kw.get('status', 0)), int(kw.get('severity', 0)))}")
+                events += 1
+            if batch is None:
+                if lines:
+                    out.write("\n".join(lines) + "\n")
+                    out.flush()
+                continue
             for k in range(len(batch)):
                 i = int(batch.index[k])
                 kind = int(batch.kind[k])
@@ -594,6 +670,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                         reported.add(i)
                         print(f"{name}: not connected", file=sys.stderr)
                     continue
+                if i in text_pvs:
+                    continue  # its value events come as the server's text (-s)
                 native, enums = info.get(name, (None, None))
                 v: Any = batch.values[k] if batch.values is not None else batch.value[k]
                 if native is None:
@@ -602,8 +680,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                     v = v.item()
                 shown = fmt.values(v, native, None, enums, counted=bool(args.count))
                 n_el = len(v) if hasattr(v, "__len__") and not isinstance(v, str) else 1
-                lines.append(f"{fmt.name(name, n_el)}{fmt.sep}{stamp(i, float(batch.timestamp[k]))}{fmt.sep}"
-                             f"{_wide_values(shown, fmt.sep)}"
+                ns = int(batch.stamp_ns[k]) if batch.stamp_ns is not None else None
+                lines.append(f"{fmt.name(name, n_el)}{fmt.sep}{stamp(i, float(batch.timestamp[k]), ns)}"
+                             f"{_wide_values(shown, fmt.sep, n_el)}"
                              f"{fmt.alarm(int(batch.status[k]), int(batch.severity[k]))}")
                 events += 1
                 if args.max_events is not None and events >= args.max_events:
@@ -614,6 +693,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             if batch.overflow:
                 print(f"capar: {batch.overflow} events dropped (queue full)", file=sys.stderr)
         connected = mon.connected
+        for chid, sub in text_subs:
+            _ch.clear_subscription(sub)
+            _ch.clear_channel(chid)
     never = [i for i in range(len(names)) if i not in seen and not connected[i]]
     _report_failures([(names[i], "not connected") for i in never if i not in reported])
     return 1 if never else 0
@@ -803,11 +885,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"capar {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
+    tool_default: list[float] = []  # EPICS_CLI_TIMEOUT, read (and complained about) once
+
     def timeout(p: argparse.ArgumentParser, default: Optional[float] = 5.0) -> None:
         if default is None:  # EPICS base's tools: 1 s, or EPICS_CLI_TIMEOUT
             from .catools import cli_timeout
 
-            default = cli_timeout()
+            if not tool_default:
+                tool_default.append(cli_timeout())
+            default = tool_default[0]
             note = "EPICS_CLI_TIMEOUT or 1"
         else:
             note = f"{default:g}"
@@ -861,10 +947,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'NAME COUNT V1 V2 ...').  Failures go to stderr (exit status 1).")
     timeout(p, None)
     sources(p, short_file=False)
-    p.add_argument("-t", action="store_true", help="terse: the value only")
-    p.add_argument("-a", action="store_true", help="wide: NAME TIMESTAMP VALUE STAT SEVR")
+    p.add_argument("-t", action=_OutputMode, nargs=0, default=False, help="terse: the value only")
+    p.add_argument("-a", action=_OutputMode, nargs=0, default=False, help="wide: NAME TIMESTAMP VALUE STAT SEVR")
     p.add_argument("-c", action="store_true", help="read the current number of elements (callback get)")
-    p.add_argument("-d", type=_dbr_type, metavar="TYPE",
+    p.add_argument("-d", action=_OutputMode, type=_dbr_type, metavar="TYPE",
                    help="request DBR type TYPE (number or name, DBR_ prefix optional) and print its fields")
     epics_format(p)
     p.set_defaults(func=cmd_get)
@@ -872,6 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("put", help="write one PV (caput)",
                        description="Write VALUE (all arguments joined by spaces; -a: an array) and print the old "
                                    "and new values as EPICS base's caput does.")
+    p._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's own takes -2.5e0 for an option
     timeout(p, None)
     p.add_argument("-c", "--wait", dest="c", action="store_true", help="wait for processing to complete")
     p.add_argument("-a", action="store_true", help="array: the first value is the element count (caput -a)")
@@ -880,7 +967,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", action="store_true", help="ENUM values as state strings only")
     epics_format(p, floats=False, ints=False)
     p.add_argument("pv", metavar="PV")
-    p.add_argument("values", nargs="+", metavar="VALUE")
+    p.add_argument("values", nargs="*", metavar="VALUE")
     p.set_defaults(func=cmd_put)
 
     p = sub.add_parser("info", help="describe PVs (cainfo)",
@@ -954,20 +1041,38 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class _OutputMode(argparse.Action):
+    """caget's -t, -a and -d: the last one given wins; a second one prints caget's complaint first."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        if ns.t or ns.a or ns.d is not None:
+            print("Options t,d,a are mutually exclusive. ('caget -h' for help.)", file=sys.stderr)
+        ns.t, ns.a, ns.d = False, False, None
+        setattr(ns, self.dest, values if self.nargs != 0 else True)
+
+
+#: caput's values may be negative numbers in any C form (-2.5e0, -.5, -inf): arguments, not options
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 def _separator(text: str) -> str:
     if len(text) != 1:
         raise argparse.ArgumentTypeError(f"the separator must be one character, not {text!r}")
     return text
 
 
-def _digits(kind: str) -> Callable[[str], tuple[str, int]]:
-    def parse(text: str) -> tuple[str, int]:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number of digits: {text!r}") from None
-        if not 0 <= n <= 17:
-            raise argparse.ArgumentTypeError(f"precision {n} out of range (0..17)")
+def _digits(kind: str) -> Callable[[str], Optional[tuple[str, int]]]:
+    """-e/-f/-g N as the tools take it: 0..18 digits; anything else is reported and ignored (not an error)."""
+    def parse(text: str) -> Optional[tuple[str, int]]:
+        m = re.match(r"\s*[-+]?\d+", text)  # sscanf("%d")
+        if m is None:
+            print(f"Invalid precision argument '{text}' for option '-{kind}' - ignored.", file=sys.stderr)
+            return None
+        n = int(m.group(0))
+        if not 0 <= n <= 18:
+            print(f"Precision {n} for option '-{kind}' out of range - ignored.", file=sys.stderr)
+            return None
         return kind, n
     return parse
 
@@ -998,6 +1103,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the ``capar`` console script; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
+        if args.cmd in ("get", "put", "info", "monitor"):
+            from .catools import cli_timeout
+
+            cli_timeout(warn=True)  # the tools' complaint about a bad EPICS_CLI_TIMEOUT, -w given or not
         old = None
         if args.func is not cmd_ioc:
             try:

@@ -64,6 +64,8 @@ class Batch:
     values: Optional[list]
     kind: np.ndarray
     overflow: int = 0
+    #: the time stamps as EPICS-epoch nanoseconds (int64), exact where the float cannot be; None if unknown
+    stamp_ns: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -187,7 +189,7 @@ class Monitor:
                       for o, v, k in zip(objs, cols["value"].tolist(), cols["kind"].tolist())]
         return Batch(index=cols["index"], value=cols["value"], timestamp=cols["timestamp"],
                      status=cols["status"], severity=cols["severity"], values=values, kind=cols["kind"],
-                     overflow=ov)
+                     overflow=ov, stamp_ns=cols["stamp_ns"])
 
     def __iter__(self) -> Iterator[Batch]:
         """Yield batches (waiting ``self.timeout`` seconds each time) until :meth:`close`."""

@@ -399,12 +399,14 @@ def _compact(path: str) -> None:
 # reading
 
 def read_series(path: str | os.PathLike, names: Optional[Sequence[str]] = None, start: Optional[float] = None,
-                stop: Optional[float] = None, events: bool = True, format: Optional[str] = None) -> Any:
+                stop: Optional[float] = None, events: bool = True, format: Optional[str] = None,
+                as_frame: bool = True) -> Any:
     """Rows of *names* (default: all) written between *start* and *stop* (POSIX seconds of the append:
     the snapshot's ``created``, or when a monitor batch was appended; None: open-ended) as a pandas
     DataFrame sorted by time: ``time, source ('snapshot'|'event'), name, value (float), values (the Python
     value: text, arrays, numbers), status, severity, timestamp, ok, kind, error``.  *events*: include
-    monitor events.  Works on a file still being written, and on one whose writer was killed."""
+    monitor events; *as_frame* False: a dict of numpy columns instead.  Works on a file still being written,
+    and on one whose writer was killed."""
     import pandas as pd
 
     path = os.fspath(path)
@@ -414,9 +416,11 @@ def read_series(path: str | os.PathLike, names: Optional[Sequence[str]] = None, 
     frames = _read_h5(path, names, lo, hi, events) if fmt == "hdf5" else _read_pq(path, names, lo, hi, events)
     cols = ["time", "source", "name", "value", "values", "status", "severity", "timestamp", "ok", "kind", "error"]
     if not frames:
-        return pd.DataFrame({c: [] for c in cols})
+        empty = pd.DataFrame({c: [] for c in cols})
+        return empty if as_frame else {c: empty[c].to_numpy() for c in cols}
     df = pd.concat(frames, ignore_index=True)
-    return df.sort_values(["time", "source"], kind="stable", ignore_index=True)[cols]
+    df = df.sort_values(["time", "source"], kind="stable", ignore_index=True)[cols]
+    return df if as_frame else {c: df[c].to_numpy() for c in cols}
 
 
 def _read_h5(path: str, names: Optional[Sequence[str]], lo: float, hi: float, events: bool) -> list:

@@ -91,6 +91,8 @@ class Snapshot:
         self.created = _t.time() if created is None else created
         self.elapsed = elapsed
         self._index: Optional[dict[str, int]] = None
+        #: the IOC time stamps as EPICS-epoch nanoseconds (int64), when a Group read them (not saved in files)
+        self.stamp_ns: Optional[np.ndarray] = None
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod

@@ -56,6 +56,8 @@ def test_snapshots_and_monitor_batches_read_back(tmp_path, prefix, fmt):
     # PV X over a time range: one read
     one = read_series(path, [names[0]], start=1_000_030.0, stop=1_000_200.0, events=False)
     assert one.time.tolist() == [1_000_060.0, 1_000_120.0] and set(one.name) == {names[0]}
+    cols = read_series(path, [names[0]], start=1_000_030.0, stop=1_000_200.0, events=False, as_frame=False)
+    assert cols["time"].tolist() == [1_000_060.0, 1_000_120.0] and cols["value"].tolist() == [3.5, 3.5]
 
 
 WRITER = textwrap.dedent("""

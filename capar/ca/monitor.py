@@ -490,7 +490,8 @@ class MonitorCore:
 
 def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, np.ndarray]:
     """Vectorised decode of drained rows: index, kind, value (float64, NaN for objects and connection
-    events), timestamp (POSIX seconds), status, severity."""
+    events), timestamp (POSIX seconds), status, severity, stamp_ns (the time stamps as EPICS-epoch int64
+    nanoseconds, exact; None for the native form)."""
     n = len(codes)
     neg = codes < 0
     if neg.any():
@@ -511,8 +512,10 @@ def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, n
             value[sel] = raw[sel].view(fmt)[:, col]
     words = raw.view("<u4")
     halves = raw.view("<i2")
+    stamp_ns = None
     if core.form == "time":
         timestamp = dbr.to_posix(words[:, 1], words[:, 2])
+        stamp_ns = words[:, 1].astype(np.int64) * 1_000_000_000 + words[:, 2]
         status = halves[:, 0].copy()
         severity = halves[:, 1].copy()
     else:
@@ -524,4 +527,4 @@ def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, n
             status[neg] = halves[neg, 0]
             severity[neg] = halves[neg, 1]
     return {"index": index.astype(np.int64, copy=False), "kind": kind, "value": value,
-            "timestamp": timestamp, "status": status, "severity": severity}
+            "timestamp": timestamp, "status": status, "severity": severity, "stamp_ns": stamp_ns}
