@@ -107,10 +107,12 @@ def c_unescape_raw(text: str) -> bytes:
     return bytes(out)
 
 
-def c_unescape(text: str) -> str:
-    """:func:`c_unescape_raw` as text, up to its first NUL (the C string the tools write); bytes that are not
-    UTF-8 stay as surrogate escapes (``.encode('utf-8', 'surrogateescape')`` gives them back)."""
-    return c_unescape_raw(text).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+def c_unescape(text: str, c_string: bool = True) -> str:
+    """:func:`c_unescape_raw` as text, up to its first NUL (*c_string*: the C string the tools write; False
+    keeps every character); bytes that are not UTF-8 stay as surrogate escapes (``.encode('utf-8',
+    'surrogateescape')`` gives them back)."""
+    raw = c_unescape_raw(text)
+    return (raw.split(b"\0", 1)[0] if c_string else raw).decode("utf-8", "surrogateescape")
 
 
 def stat_text(status: int) -> str:

@@ -155,8 +155,8 @@ def _scalar_value(text: str) -> Any:
     try:
         x = float(text)
     except ValueError:
-        return c_unescape(text)
-    return x if text.strip() == text and text else c_unescape(text)
+        return c_unescape(text, c_string=False)
+    return x if text.strip() == text and text else c_unescape(text, c_string=False)
 
 
 def _array_elements(body: str, where: str) -> list[str]:
@@ -269,7 +269,7 @@ def read_sav(path: Union[str, os.PathLike], require_end: bool = True) -> list[Sa
         if rest.startswith("@array@"):
             entries.append(SavEntry(name, _parse_array(rest[len("@array@"):], where), True, None))
         else:
-            entries.append(SavEntry(name, _scalar_value(rest), True, c_unescape(rest)))
+            entries.append(SavEntry(name, _scalar_value(rest), True, c_unescape(rest, c_string=False)))
     if require_end and not ended:
         raise SavFormatError(f"{path}: truncated .sav file (no <END> marker after {len(entries)} PVs)")
     return entries
