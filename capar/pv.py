@@ -359,6 +359,11 @@ class PV:
             strs = self._args["enum_strs"] or ()
             if value in strs:
                 value = strs.index(value)
+            else:  # pyepics raises here too (a ValueError from its ctypes buffer); say why
+                try:
+                    value = int(value, 0)
+                except ValueError:
+                    raise ValueError(f"{value!r} is not a state of {self.pvname} {tuple(strs)!r}") from None
         if use_complete and callback is None:
             callback = None
         self._put_complete = False if (use_complete or callback) else None

@@ -35,6 +35,12 @@ def test_caput_wait_roundtrip(prefix):
     assert caput(prefix + "mbbo", "One", wait=True) == 1
     assert caget(prefix + "mbbo", as_string=True, use_monitor=False) == "One"
     assert caput(prefix + "mbbo", 2, wait=True) == 1
+    # a state name that does not exist: ValueError, as pyepics (whose ctypes buffer refuses the text)
+    with pytest.raises(ValueError, match="'Nonexistent' is not a state of"):
+        caput(prefix + "mbbo", "Nonexistent", wait=True)
+    assert caput(prefix + "mbbo", "1", wait=True) == 1  # a number as text is an index
+    assert caget(prefix + "mbbo", as_string=True, use_monitor=False) == "One"
+    assert caput(prefix + "mbbo", 2, wait=True) == 1
 
 
 def test_caget_dead_pv_returns_none_with_reason(caplog):
