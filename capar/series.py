@@ -21,12 +21,13 @@ Parquet (``.parquet``, extra ``capar[parquet]``, pyarrow), long format (``seq, t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -60,6 +61,21 @@ def _unpayload(text: Optional[str]) -> Any:
 
     kind, payload = json.loads(text)
     return _decode(kind, payload)
+
+
+@contextlib.contextmanager
+def _replacing(path: str, suffix: str) -> Iterator[str]:
+    """A temporary file beside *path* to write; renamed onto *path* when the block ends, removed if it fails
+    (a reader never sees a half-written file)."""
+    fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _h5py() -> Any:
@@ -200,15 +216,8 @@ class TimeSeriesWriter:
     def _pq_write(self, cols: dict[str, Any]) -> None:
         pa = _pyarrow()
         table = pa.table(cols, schema=_PQ_SCHEMA())
-        fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix=".parquet", dir=self._parts)
-        os.close(fd)
-        try:
+        with _replacing(os.path.join(self._parts, f"{self._seq:09d}.parquet"), ".parquet") as tmp:
             pa.parquet.write_table(table, tmp, row_group_size=max(len(table), 1))
-            os.replace(tmp, os.path.join(self._parts, f"{self._seq:09d}.parquet"))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         self._seq += 1
 
     # -- API -------------------------------------------------------------------------------------------
@@ -311,42 +320,33 @@ def _recover_h5(path: str) -> None:
     ``h5clear`` tool is not part of h5py).  Copy what was committed into a fresh file and put it in place
     (atomically); readers could read the old one all along."""
     h5py = _h5py()
-    fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix=".h5", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
+    with _replacing(path, ".h5") as tmp:
         with h5py.File(path, "r", swmr=True) as old, h5py.File(tmp, "w", libver="latest") as new:
             names = [x.decode() if isinstance(x, bytes) else str(x) for x in old["names"][()]]
             _h5_layout(new, names, float(old.attrs.get("created", time.time())))
             r = int(old["snapshots/committed"][0])
             for key in ("value", "status", "severity", "timestamp", "ok", "time"):
-                data = old["snapshots"][key][:r]
-                new["snapshots"][key].resize(data.shape)
-                new["snapshots"][key][...] = data
-            row = old["snapshots/sparse/row"][()]
+                _put(new["snapshots"][key], old["snapshots"][key][:r])
+            sp_old, sp_new = old["snapshots/sparse"], new["snapshots/sparse"]
+            row = sp_old["row"][()]
             keep = (row >= 0) & (row < r)
             for key in ("row", "col", "offset", "length"):
-                data = old["snapshots/sparse"][key][()][keep]
-                new["snapshots/sparse"][key].resize(data.shape)
-                new["snapshots/sparse"][key][...] = data
-            end = int((old["snapshots/sparse/offset"][()][keep] + old["snapshots/sparse/length"][()][keep]).max(
-                initial=0))
-            new["snapshots/sparse/bytes"].resize((end,))
-            new["snapshots/sparse/bytes"][...] = old["snapshots/sparse/bytes"][:end]
+                _put(sp_new[key], sp_old[key][()][keep])
+            end = int((sp_new["offset"][()] + sp_new["length"][()]).max(initial=0))
+            _put(sp_new["bytes"], sp_old["bytes"][:end])
             new["snapshots/committed"][0] = r
             m = int(old["events/committed"][0])
             for key in ("index", "kind", "value", "timestamp", "status", "severity", "time", "offset", "length"):
-                data = old["events"][key][:m]
-                new["events"][key].resize(data.shape)
-                new["events"][key][...] = data
-            end = int((old["events/offset"][:m] + old["events/length"][:m]).max(initial=0))
-            new["events/bytes"].resize((end,))
-            new["events/bytes"][...] = old["events/bytes"][:end]
+                _put(new["events"][key], old["events"][key][:m])
+            end = int((new["events/offset"][()] + new["events/length"][()]).max(initial=0))
+            _put(new["events/bytes"], old["events/bytes"][:end])
             new["events/committed"][0] = m
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+def _put(ds: Any, data: np.ndarray) -> None:
+    """Give the (resizable) dataset *ds* exactly the contents *data*."""
+    ds.resize(data.shape)
+    ds[...] = data
 
 
 def _PQ_SCHEMA() -> Any:
@@ -372,21 +372,13 @@ def _compact(path: str) -> None:
     parts = _parts(path)
     if not parts:
         return
-    fd, tmp = tempfile.mkstemp(prefix=".capar-", suffix=".parquet", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, _PQ_SCHEMA()) as w:
-            if os.path.exists(path):
-                old = pq.ParquetFile(path)
-                for g in range(old.num_row_groups):
-                    w.write_table(old.read_row_group(g))
-            for p in parts:
-                w.write_table(pq.read_table(p, schema=_PQ_SCHEMA()))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _replacing(path, ".parquet") as tmp, pq.ParquetWriter(tmp, _PQ_SCHEMA()) as w:
+        if os.path.exists(path):
+            old = pq.ParquetFile(path)
+            for g in range(old.num_row_groups):
+                w.write_table(old.read_row_group(g))
+        for p in parts:
+            w.write_table(pq.read_table(p, schema=_PQ_SCHEMA()))
     for p in parts:  # after the rename: a crash here leaves duplicates, which read_series drops by seq
         os.unlink(p)
     try:
@@ -423,6 +415,13 @@ def read_series(path: str | os.PathLike, names: Optional[Sequence[str]] = None, 
     return df if as_frame else {c: df[c].to_numpy() for c in cols}
 
 
+def _refresh(group: Any) -> None:
+    """See what the (SWMR) writer has flushed since the file was opened, in every dataset of *group*."""
+    for ds in group.values():
+        if hasattr(ds, "refresh"):
+            ds.refresh()
+
+
 def _read_h5(path: str, names: Optional[Sequence[str]], lo: float, hi: float, events: bool) -> list:
     import pandas as pd
 
@@ -434,9 +433,7 @@ def _read_h5(path: str, names: Optional[Sequence[str]], lo: float, hi: float, ev
         want = np.asarray([pos[n] for n in names if n in pos] if names is not None else range(len(all_names)),
                           dtype=np.int64)
         s = f["snapshots"]
-        for ds in s.values():
-            if hasattr(ds, "refresh"):
-                ds.refresh()
+        _refresh(s)
         r = int(s["committed"][0])
         t = s["time"][:r]
         rows = np.flatnonzero((t >= lo) & (t <= hi))
@@ -449,8 +446,7 @@ def _read_h5(path: str, names: Optional[Sequence[str]], lo: float, hi: float, ev
             errs = np.full((nr, nc), None, dtype=object)
             present = np.ones((nr, nc), dtype=bool)
             sp = s["sparse"]
-            for ds in sp.values():
-                ds.refresh()
+            _refresh(sp)
             srow = sp["row"][()]
             mask = (srow >= a) & (srow < b)  # b <= committed rows; -1: an entry never completed
             if mask.any():
@@ -479,8 +475,7 @@ def _read_h5(path: str, names: Optional[Sequence[str]], lo: float, hi: float, ev
             frames.append(frame[present.ravel()] if not present.all() else frame)
         if events:
             e = f["events"]
-            for ds in e.values():
-                ds.refresh()
+            _refresh(e)
             m = int(e["committed"][0])
             et = e["time"][:m]
             idx = e["index"][:m]
