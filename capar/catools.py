@@ -13,7 +13,8 @@ import os
 import time
 from typing import Any, Optional, Sequence
 
-__all__ = ["DEFAULT_TIMEOUT", "cli_timeout", "ToolFormat", "c_escape", "c_unescape", "stat_text", "sevr_text",
+__all__ = ["DEFAULT_TIMEOUT", "cli_timeout", "ToolFormat", "c_escape", "c_unescape", "c_unescape_raw", "epics_ns",
+           "stat_text", "sevr_text",
            "time_text", "dbf_text", "dbr_text", "parse_dbr_type", "parse_mask"]
 
 #: EPICS base's tools' default timeout (seconds), overridden by ``EPICS_CLI_TIMEOUT``
@@ -126,6 +127,14 @@ def sevr_text(severity: int) -> str:
 
 
 _EPICS_EPOCH = 631152000  # POSIX seconds of the EPICS epoch, 1990-01-01 UTC: a time stamp never set
+
+
+def epics_ns(md: dict) -> Optional[int]:
+    """The exact time stamp of pyepics-style metadata (``posixseconds``, ``nanoseconds``) as EPICS-epoch
+    nanoseconds for :func:`time_text`, or None when it has none."""
+    if "posixseconds" not in md or "nanoseconds" not in md:
+        return None
+    return (int(md["posixseconds"]) - _EPICS_EPOCH) * 1_000_000_000 + int(md["nanoseconds"])
 
 
 def time_text(stamp: float, epics_ns: Optional[int] = None) -> str:

@@ -329,7 +329,9 @@ def _wide_values(shown: str, sep: str, n_elements: int) -> str:
 def _get_dbr(names: list[str], args: argparse.Namespace) -> int:
     """``caget -d TYPE``: the value in that DBR type, then the type's extra fields, one block per PV."""
     from .ca import channel
-    from .catools import CHAR, DOUBLE, ENUM, FLOAT, STRING, dbf_text, dbr_text, sevr_text, stat_text, time_text
+    from .catools import (
+        CHAR, DOUBLE, ENUM, FLOAT, STRING, dbf_text, dbr_text, epics_ns, sevr_text, stat_text, time_text,
+    )
 
     fmt = _tool_format(args)
     dbr = args.d
@@ -372,9 +374,7 @@ def _get_dbr(names: list[str], args: argparse.Namespace) -> int:
         if 7 <= dbr < 14 or dbr in (21, 28):
             out += sts
         elif 14 <= dbr < 21:
-            ns = (int(md["posixseconds"]) - 631152000) * 1_000_000_000 + int(md["nanoseconds"]) \
-                if "posixseconds" in md and "nanoseconds" in md else None
-            out += [f"    Timestamp:        {time_text(md.get('timestamp', float('nan')), ns)}"] + sts
+            out += [f"    Timestamp:        {time_text(md.get('timestamp', float('nan')), epics_ns(md))}"] + sts
         elif dbr >= 21:
             if base == ENUM:
                 enum_strs = md.get("enum_strs") or ()
@@ -563,7 +563,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     import queue
 
     import capar
-    from .catools import DOUBLE, FLOAT, STRING, time_text
+    from .catools import DOUBLE, FLOAT, STRING, epics_ns, time_text
 
     names = _names(args)
     if args.max_events is not None and args.max_events < 1:
@@ -645,9 +645,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                 i, v, kw = as_text.get()
                 shown = fmt.values(v, STRING, None, None, counted=bool(args.count))
                 n_el = len(v) if isinstance(v, list) else 1
-                ns = (int(kw["posixseconds"]) - 631152000) * 1_000_000_000 + int(kw["nanoseconds"]) \
-                    if "posixseconds" in kw and "nanoseconds" in kw else None
-                lines.append(f"{fmt.name(names[i], n_el)}{fmt.sep}{stamp(i, float(kw.get('timestamp', 0.0)), ns)}"
+                lines.append(f"{fmt.name(names[i], n_el)}{fmt.sep}"
+                             f"{stamp(i, float(kw.get('timestamp', 0.0)), epics_ns(kw))}"
                              f"{_wide_values(shown, fmt.sep, n_el)}"
                              f"{fmt.alarm(int(kw.get('status', 0)), int(kw.get('severity', 0)))}")
                 events += 1
