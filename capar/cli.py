@@ -875,13 +875,25 @@ def cmd_ioc(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # parser
 
+class _Version(argparse.Action):
+    """``--version``: computed when asked (finding the compiled core costs a library load)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from ._version import __version__
+        from .ca.core import describe
+
+        print(f"capar {__version__} ({describe()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="capar", description="EPICS Channel Access at scale.",
                  epilog="exit status: 0 all PVs ok, 1 some PVs failed (listed on stderr), 2 usage error, "
                         "130 interrupted")
     from ._version import __version__
 
-    ap.add_argument("--version", action="version", version=f"capar {__version__}")
+    ap.add_argument("--version", action=_Version, nargs=0, help="show capar's version, which path runs its hot "
+                    "loops (the compiled core or pure ctypes), and exit")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     tool_default: list[float] = []  # EPICS_CLI_TIMEOUT, read (and complained about) once

@@ -140,7 +140,7 @@ class Monitor:
     def overflow(self) -> int:
         """Events dropped so far because the ring was full (delivered in batches or not yet)."""
         core = self._core
-        return self._overflow_seen + (core.overflow if core is not None else 0)
+        return self._overflow_seen + (core.overflow_count() if core is not None else 0)
 
     @property
     def pending(self) -> int:

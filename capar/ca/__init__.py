@@ -51,8 +51,10 @@ _LAZY: dict[str, str] = {
     **{n: "capar.ca.channel" for n in _CHANNEL},
     **{n: "capar.ca.context" for n in _CONTEXT},
     **{n: "capar.ca.errors" for n in _ERRORS},
+    "accelerated": "capar.ca.core",  # capar's own: which path runs the hot loops (not pyepics', not in __all__)
 }
-_SUBMODULES = ("dbr", "errors", "libca", "binding", "messages", "context", "channel", "bulk", "monitor", "repeater", "surface")
+_SUBMODULES = ("dbr", "errors", "libca", "binding", "messages", "context", "channel", "bulk", "monitor", "repeater",
+               "surface", "core")
 
 __all__ = [n for n in _CHANNEL if n != "get_cache"] + [
     "dbr", "errors", "PREEMPTIVE_CALLBACK", "WITH_CA_MESSAGES", "AUTO_CLEANUP", "HAS_NUMPY", "get_cache",

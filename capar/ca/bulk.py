@@ -8,8 +8,13 @@ requests completed, both while waiting (see :func:`_sg_wait`) and for the reques
 Arrays, whose length is only known by the server, use ``ca_array_get_callback`` with count 0; their
 callback copies the bytes and counts down a latch.
 
-Threads: everything runs in the caller's thread except :func:`_on_bulk`, which libca calls on its own
-thread; it only fills a slot of the request's result list.
+With capar's compiled core (:mod:`capar.ca.core`, ``ctx.core``), the per-channel loops (create, state,
+type and count queries, clear) run in C, one call each, and scalar reads are ``ca_array_get_callback``
+requests whose C callback copies each reply into the same struct array and counts completions under a
+mutex: the waiter wakes when the last one arrives instead of polling sentinels.  Results are the same.
+
+Threads: everything runs in the caller's thread except :func:`_on_bulk` (and the core's C callback), which
+libca calls on its own thread; it only fills a slot of the request's result list.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 
 from . import dbr, errors
 from .context import CAContext, current
+from .core import pack_names
 from .binding import EventCallback
 
 __all__ = ["BulkChannels", "TIME_SENTINEL_NSEC"]
@@ -108,11 +114,13 @@ class BulkChannels:
     """A set of channels created without callbacks in one context (see module docstring).
 
     ctx : the :class:`~capar.ca.context.CAContext` to create them in (default: the calling thread's).
+    Names must not contain NUL bytes (:func:`capar.ca.channel.check_names` refuses them).
     """
 
     def __init__(self, names: Sequence[bytes], ctx: "CAContext | None" = None) -> None:
         self.ctx = ctx = ctx if ctx is not None else current()
         self.context = ctx.handle
+        self.core = ctx.core  # the compiled core, or None: the pure-ctypes path
         lib = ctx.attach()
         n = len(names)
         self.chids = np.zeros(n, dtype=np.uintp)
@@ -122,9 +130,15 @@ class BulkChannels:
         self.closed = False
         self._plans: dict[tuple, tuple] = {}
         self._cchid_list: "list | None" = None
+        self._abandoned: list[int] = []  # the core's timed-out read requests whose callbacks are still due
         try:
-            self.create_status[:] = list(map(lib.raw_ca_create_channel, names, repeat(None, n), repeat(None, n),
-                                             repeat(0, n), range(base, base + n * step, step)))
+            if self.core is not None:
+                packed, offsets = pack_names(names)
+                self.core.create(self.core.fns, n, packed, offsets.ctypes.data, None, None, 0, base,
+                                 self.create_status.ctypes.data)
+            else:
+                self.create_status[:] = list(map(lib.raw_ca_create_channel, names, repeat(None, n),
+                                                 repeat(None, n), repeat(0, n), range(base, base + n * step, step)))
         except BaseException:  # Ctrl-C half way: clear what libca created (chids are written in place)
             self.close()
             raise
@@ -142,6 +156,11 @@ class BulkChannels:
     def states(self, idx: "np.ndarray | None" = None) -> np.ndarray:
         """libca state of every channel, or of channels *idx* (2 == connected; -1 where creation failed)."""
         lib = self._lib()
+        if self.core is not None:
+            chids = self.chids if idx is None else np.ascontiguousarray(self.chids[idx])
+            out = np.empty(len(chids), dtype=np.int8)
+            self.core.states(self.core.fns, len(chids), chids.ctypes.data, out.ctypes.data)
+            return out
         cchids = self._cchids()
         if idx is None:
             idx = np.arange(len(cchids))
@@ -195,7 +214,13 @@ class BulkChannels:
         ft = np.full(len(self.chids), -1, dtype=np.int16)
         ne = np.zeros(len(self.chids), dtype=np.int64)
         idx = np.flatnonzero(connected)
-        if idx.size:
+        if idx.size and self.core is not None:
+            chids = np.ascontiguousarray(self.chids[idx])
+            ft_c = np.empty(idx.size, dtype=np.int16)
+            ne_c = np.empty(idx.size, dtype=np.int64)
+            self.core.info(self.core.fns, idx.size, chids.ctypes.data, ft_c.ctypes.data, ne_c.ctypes.data)
+            ft[idx], ne[idx] = ft_c, ne_c
+        elif idx.size:
             cchids = self._cchids()
             chids = [cchids[i] for i in idx.tolist()]
             ft[idx] = list(map(lib.raw_ca_field_type, chids))
@@ -233,13 +258,15 @@ class BulkChannels:
     def sg_get(self, idx: np.ndarray, dbrtype: int, deadline: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read one element of *dbrtype* from channels *idx* through one synchronous group.
 
-        Returns (struct array — reused by the next read of the same plan, copy what you keep —,
-        done mask, request status per channel).
+        Returns (struct array, done mask, request status per channel) -- all three reused by the next
+        read of the same channels: copy what you keep.
         """
         lib = self._lib()
         n = len(idx)
         if n == 0:
             return np.zeros(0, dtype=dbr.dtype_of(dbrtype)), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int32)
+        if self.core is not None:
+            return self._core_get(idx, dbrtype, deadline)
         _, buf, chids, addrs = self._sg_plan(idx, dbrtype)
         # the sentinel: an impossible nsec in TIME structs, severity -1 in CTRL structs
         field, sentinel = (buf["nsec"], TIME_SENTINEL_NSEC) if "nsec" in buf.dtype.names else (buf["severity"], -1)
@@ -258,6 +285,49 @@ class BulkChannels:
             lib.ca_sg_delete(g)
         done = (field != sentinel) & issued
         return buf, done, req
+
+    def _core_get(self, idx: np.ndarray, dbrtype: int, deadline: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`sg_get` by the compiled core: one ``ca_array_get_callback`` per channel, issued, flushed
+        and counted in C; waited for in slices of at most 0.1 s (Ctrl-C is seen between two)."""
+        core = self.core
+        if self._abandoned:
+            self._reap()
+        # the same index array object as last time (a Group's read plan): no need to compare contents
+        plan = self._plans.get((dbrtype, id(idx)))
+        if plan is None or plan[0] is not idx:
+            key = ("core", dbrtype, len(idx), hash(idx.tobytes()))
+            plan = self._plans.get(key)
+            if plan is None or not np.array_equal(plan[1], idx):
+                n = len(idx)
+                buf, chids = np.zeros(n, dtype=dbr.dtype_of(dbrtype)), np.ascontiguousarray(self.chids[idx])
+                done, status = np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=np.int32)
+                args = (core.fns, dbrtype, n, chids.ctypes.data, buf.ctypes.data, buf.dtype.itemsize,
+                        dbr.dbr_size_n(dbrtype, 1), done.ctypes.data, status.ctypes.data)
+                plan = (idx, idx.copy(), buf, chids, done.view(bool), status, args)
+                if len(self._plans) > 16:
+                    self._plans.clear()
+                self._plans[key] = plan
+            self._plans[(dbrtype, id(idx))] = plan
+        _, _, buf, _chids, done, status, args = plan  # _chids: kept alive by the plan while C reads it
+        req = core.check_alloc(core.get_start(*args), "a read request")
+        try:
+            left = 1
+            while left:
+                remaining = deadline - time.monotonic()
+                left = core.get_wait(core.fns, req, min(max(remaining, 0.0), 0.1), self.ctx.preemptive)
+                if remaining <= 0.1:
+                    break
+        finally:
+            if not core.get_finish(req):  # replies still due: freed once they ran (see _reap)
+                self._abandoned.append(req)
+        return buf, done, status
+
+    def _reap(self) -> None:
+        """Free the core's abandoned read requests whose late callbacks have all run."""
+        if self._abandoned:
+            reap = self.core.req_reap
+            self._abandoned = [r for r in self._abandoned if not reap(r)]
 
     def _with_callbacks(self, idx: np.ndarray, issue: Callable[[int, int, Any, int], int],
                         deadline: float) -> list[Any]:
@@ -331,7 +401,12 @@ class BulkChannels:
         if not ctx.alive:
             return
         lib = ctx.attach()
-        cchids = self._cchids()
         with ctx.teardown():
-            list(map(lib.raw_ca_clear_channel, [cchids[i] for i in np.flatnonzero(self.chids).tolist()]))
+            if self.core is not None:
+                self.core.clear(self.core.fns, len(self.chids), self.chids.ctypes.data)
+            else:
+                cchids = self._cchids()
+                list(map(lib.raw_ca_clear_channel, [cchids[i] for i in np.flatnonzero(self.chids).tolist()]))
         lib.ca_flush_io()
+        if self._abandoned:  # what is still due was cancelled by the clears: never freed (a few bytes each)
+            self._reap()

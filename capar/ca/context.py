@@ -139,6 +139,7 @@ class CAContext:
     def __init__(self, reg: "ContextRegistry", handle: int, preemptive: bool, owned: bool) -> None:
         self.registry = reg
         self.lib: Any = reg.lib
+        self.core: Any = reg.core  # capar.ca.core.Core or None (the pure-ctypes path)
         self.handle = handle
         self.preemptive = preemptive
         self.owned = owned
@@ -313,6 +314,7 @@ class ContextRegistry:
                  settings: Optional[Settings] = None) -> None:
         self.pid = os.getpid()
         self.lib = lib
+        self.core: Any = None  # the compiled core bound to lib (capar.ca.core.Core), None on the ctypes path
         self.lock = threading.RLock()
         self.settings = settings if settings is not None else Settings()
         self.inherited_context = inherited_context  # a context inherited through fork: detached, never used
@@ -320,6 +322,7 @@ class ContextRegistry:
         self.contexts: dict[int, CAContext] = {}    # handle -> context, in creation order
         self.initial: Optional[CAContext] = None
         self.clear_cache_hooks: list[Callable[[], Any]] = []  # register_clear_cache's, run by clear_cache
+        self.extensions: dict[str, Any] = {}  # per-process state of capar's integrations (process_state)
         # where libca's printed messages go: None = libca's default (stderr); else a callable taking the text
         # (WITH_CA_MESSAGES False, the pyepics default: the 'capar.ca' logger at DEBUG, off the terminal)
         self.ca_messages: Optional[Callable[[str], Any]] = None
@@ -391,6 +394,20 @@ class ContextRegistry:
 _state: dict[str, ContextRegistry] = {"registry": ContextRegistry()}
 
 
+def process_state(name: str, factory: Callable[[], Any]) -> Any:
+    """The per-process state *name* of one of capar's integrations (the ophyd control layer, capar.aio's
+    event loops), made by ``factory()`` on first use and kept by the registry: a fresh one in a forked
+    child, and no module-level state anywhere."""
+    reg = registry()
+    state = reg.extensions.get(name)
+    if state is None:
+        with reg.lock:
+            state = reg.extensions.get(name)
+            if state is None:
+                state = reg.extensions[name] = factory()
+    return state
+
+
 def registry() -> ContextRegistry:
     """This process's registry of contexts (a fresh one after ``fork()``)."""
     reg = _state["registry"]
@@ -402,6 +419,7 @@ def registry() -> ContextRegistry:
 def _reset_after_fork() -> ContextRegistry:
     old = _state["registry"]
     reg = ContextRegistry(lib=old.lib, inherited_context=old.initial_context, settings=old.settings)
+    reg.core = old.core
     reg.forked_with_libca = old.lib is not None or old.forked_with_libca
     _state["registry"] = reg
     return reg
@@ -434,8 +452,11 @@ def _load(reg: ContextRegistry) -> Any:
     if reg.lib is None:
         _prepare_environment()
         from .binding import load
+        from .core import load as load_core
 
-        reg.lib = load()
+        lib = load()
+        reg.core = load_core(lib)
+        reg.lib = lib
     return reg.lib
 
 
@@ -521,6 +542,10 @@ def _run_hook(hook: Callable[[], Any]) -> None:
         log.exception("capar: clear_cache hook %r failed", hook)
 
 
+#: functions of this package that wait without entering libca (the compiled core's monitor ring wait)
+_NOT_IN_LIBCA = frozenset({"_wait_in_core"})
+
+
 def _wait_until_out_of_libca(timeout: float) -> None:
     """Wait up to *timeout* seconds until no other thread is executing code of this package — which is
     where every libca call is made, and what a thread shows while it is inside one."""
@@ -529,7 +554,8 @@ def _wait_until_out_of_libca(timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = [ident for ident, frame in sys._current_frames().items()
-                if ident != me and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here]
+                if ident != me and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here
+                and frame.f_code.co_name not in _NOT_IN_LIBCA]
         if not busy:
             return
         time.sleep(0.002)  # releases the GIL: they finish their call, and the next one raises

@@ -24,6 +24,13 @@ Consumers (:meth:`MonitorCore.drain`) copy the filled slots out *without* the lo
 writes a slot that has not been consumed -- and advance ``tail`` under it.  Decoding (timestamps to POSIX
 seconds, values to float64) is vectorised over a whole batch (:func:`decode`).
 
+With capar's compiled core (:mod:`capar.ca.core`), the ring, its counters, lock and wake-up live in C and the
+subscriptions of numeric scalar PVs get the core's C callback: libca's thread copies the event into the
+ring without entering Python (the layout is the same, so :meth:`MonitorCore.drain` and :func:`decode`
+do not change).  String and array events and connection events are still written by Python, through
+the core's ``ring_push`` under ``MonitorCore.pylock``, which the consumer also takes to read the ring's
+bounds, so an object is always stored before its row can be drained.
+
 Subscriptions are created on a channel's first connection (from the connection callback, with the TIME
 type of the native type); libca re-installs them by itself after a reconnection.  Neither callback ever
 takes a context's or the registry's lock, so :func:`capar.ca.finalize_libca` (which holds the registry lock
@@ -44,6 +51,7 @@ import numpy as np
 
 from . import dbr, errors
 from .context import CAContext, current
+from .core import pack_names
 from .binding import ConnectionCallback, EventCallback, ThreadExitCallback, evid_t
 
 __all__ = ["MonitorCore", "decode", "ROW", "KIND_VALUE", "KIND_CONNECTED", "KIND_DISCONNECTED"]
@@ -57,6 +65,7 @@ _HEADER = 12  # status, severity, secs, nsec
 _COMM_ALARM, _INVALID_ALARM = 9, 3  # menuAlarmStat COMM / menuAlarmSevr INVALID (for disconnections)
 _NORMAL = errors.ECA.NORMAL
 _NEVER = 1 << 62  # wake_at when no consumer waits
+_C_SLICE = 0.1  # seconds: longest wait inside the compiled core (Ctrl-C is seen between two)
 _memmove = ctypes.memmove
 _string_at = ctypes.string_at
 _pack_into = struct.Struct("<hhII").pack_into
@@ -168,6 +177,13 @@ def _connect_callback(ctx: CAContext) -> Any:
     return ConnectionCallback(on_connect)
 
 
+def _wait_in_core(accel: Any, ring: int, wake_at: int, timeout: float) -> int:
+    """Wait on the compiled core's ring for at most *timeout* seconds, in slices (Python runs a Ctrl-C
+    handler only between two C calls).  Never enters libca: :func:`capar.ca.context.finalize_libca` does
+    not wait for a thread that is here (it knows this function by name)."""
+    return accel.ring_wait(ring, wake_at, min(timeout, _C_SLICE))
+
+
 # --------------------------------------------------------------------------------------------------
 
 class MonitorCore:
@@ -183,7 +199,8 @@ class MonitorCore:
         "lock", "event", "closed", "head", "tail", "cap", "base", "rawmv", "codes", "raw", "objs", "overflow",
         "wake_at", "n", "form", "count", "mask", "ctx", "context", "keys", "chids", "evids", "connected",
         "ever", "subscribed", "vtype", "mode", "nelm", "errors", "sub_lock", "n_ever", "all_connected",
-        "has_objects", "n_channels", "released", "__weakref__",
+        "has_objects", "n_channels", "released", "accel", "ring", "slots", "pylock", "codes_array",
+        "ring_freeable", "__weakref__",
     )
 
     def __init__(self, names: Sequence[Optional[bytes]], form: str = "time", count: Optional[int] = None,
@@ -212,6 +229,7 @@ class MonitorCore:
         self.base = self.raw.ctypes.data
         self.rawmv = memoryview(self.raw).cast("B")
         codes = np.zeros(cap, dtype=np.int64)
+        self.codes_array = codes
         self.codes = memoryview(codes)  # int setitem on a memoryview: no numpy scalar per event
         self.objs: list[Any] = [None] * cap
         self.has_objects = False
@@ -228,8 +246,16 @@ class MonitorCore:
         self.sub_lock = threading.Lock()
         self.n_ever = 0
         self.all_connected = threading.Event()
-        # channels
         self.ctx = ctx = ctx if ctx is not None else current()
+        # the compiled core's ring (None: the pure-Python ring above)
+        self.accel = accel = ctx.core
+        self.pylock = threading.Lock()
+        self.ring_freeable = False
+        self.ring = self.slots = None
+        if accel is not None:
+            self.ring = accel.check_alloc(accel.ring_new(self.base, codes.ctypes.data, cap), "a monitor ring")
+            self.slots = accel.check_alloc(accel.slots_new(self.ring, n), "monitor slots")
+        # channels
         self.context = ctx.handle
         lib = ctx.attach()
         conn_cb = ctx.c_callback("monitor_connect", _connect_callback)
@@ -243,8 +269,18 @@ class MonitorCore:
             self.all_connected.set()
         conn_ptr = ctypes.cast(conn_cb, ctypes.c_void_p).value
         base, step = self.chids.ctypes.data, self.chids.itemsize
-        status = list(map(lib.raw_ca_create_channel, [names[i] for i in live], repeat(conn_ptr),
-                          [self.keys[i] for i in live], repeat(0), [base + i * step for i in live]))
+        if accel is not None:
+            packed, offsets = pack_names([names[i] for i in live])
+            pusers = np.asarray([self.keys[i] for i in live], dtype=np.uintp)
+            chids = np.zeros(len(live), dtype=np.uintp)
+            st = np.zeros(len(live), dtype=np.int32)
+            accel.create(accel.fns, len(live), packed, offsets.ctypes.data, conn_ptr, pusers.ctypes.data, 0,
+                         chids.ctypes.data, st.ctypes.data)
+            self.chids[live] = chids
+            status = st.tolist()
+        else:
+            status = list(map(lib.raw_ca_create_channel, [names[i] for i in live], repeat(conn_ptr),
+                              [self.keys[i] for i in live], repeat(0), [base + i * step for i in live]))
         failed = [i for i, st in zip(live, status) if st != _NORMAL]
         for i, st in zip(live, status):
             if st != _NORMAL:
@@ -274,6 +310,12 @@ class MonitorCore:
             value = np.empty(cnt, dtype=dt)
             if cnt:
                 _memmove(value.ctypes.data, src + voff, cnt * dt.itemsize)
+        if self.accel is not None:
+            with self.pylock:  # the consumer reads the bounds under it: the object is there before the row
+                slot = self.accel.ring_push(self.ring, i, src, _HEADER if self.form == "time" else 0)
+                if slot >= 0:
+                    self.objs[slot] = value
+            return
         with self.lock:
             if self.closed:
                 return
@@ -298,6 +340,11 @@ class MonitorCore:
         secs = int(now - dbr.EPICS2UNIX_EPOCH)
         nsec = int((now - int(now)) * 1e9)
         status, sev = (0, 0) if up else (_COMM_ALARM, _INVALID_ALARM)
+        if self.accel is not None:
+            header = struct.pack("<hhII", status, sev, secs, nsec)
+            with self.pylock:
+                self.accel.ring_push(self.ring, -1 - 2 * i - (0 if up else 1), header, _HEADER)
+            return
         with self.lock:
             if self.closed:
                 return
@@ -365,10 +412,16 @@ class MonitorCore:
             self.has_objects = True
             off, size = 0, 0
         key = self.keys[i]
-        ctx.monitor_subs[key] = (self, i, off, size, mode)
         evid = evid_t()
-        lib.ca_create_subscription(ptype, req, chid, self.mask, ctx.c_callback("monitor_event", _event_callback), key,
-                                   ctypes.byref(evid))
+        accel = self.accel
+        if accel is not None and mode == MODE_SCALAR:  # libca's thread writes the ring in C
+            accel.slot_set(self.slots, i, off, size)
+            lib.ca_create_subscription(ptype, req, chid, self.mask, accel.on_event,
+                                       self.slots + i * accel.slot_bytes, ctypes.byref(evid))
+        else:
+            ctx.monitor_subs[key] = (self, i, off, size, mode)
+            lib.ca_create_subscription(ptype, req, chid, self.mask, ctx.c_callback("monitor_event", _event_callback),
+                                       key, ctypes.byref(evid))
         self.evids[i] = evid.value or 0
 
     def timeout_unconnected(self) -> np.ndarray:
@@ -387,10 +440,31 @@ class MonitorCore:
         return self.ctx.wait_until(ev.is_set, time.monotonic() + max(timeout, 0.0), ev.wait)
 
     def pending(self) -> int:
+        """Events written and not drained yet."""
+        if self.accel is not None:
+            return int(self.accel.ring_pending(self.ring))
         return self.head - self.tail
+
+    def overflow_count(self) -> int:
+        """Events dropped since the previous drain because the ring was full."""
+        if self.accel is not None:
+            return int(self.accel.ring_head(self.ring).overflow)
+        return self.overflow
 
     def _wait(self, wake_at: int, timeout: float) -> None:
         """Wait up to *timeout* seconds until more than *wake_at* events are pending (or close())."""
+        if self.accel is not None:
+            accel, ring = self.accel, self.ring
+            if self.closed or accel.ring_pending(ring) > wake_at:
+                return
+            if self.ctx.alive:
+                self.ctx.wait_until(lambda: self.closed or accel.ring_pending(ring) > wake_at,
+                                    time.monotonic() + timeout, lambda t: _wait_in_core(accel, ring, wake_at, t))
+            else:  # closed, forked or finalized: nothing will come (close() wakes the ring)
+                end = time.monotonic() + timeout
+                while not self.closed and time.monotonic() < end:
+                    _wait_in_core(accel, ring, wake_at, end - time.monotonic())
+            return
         with self.lock:
             if self.closed or self.head - self.tail > wake_at:
                 return
@@ -418,6 +492,8 @@ class MonitorCore:
         start = time.monotonic()
         deadline = start + max(timeout, 0.0)
         ready = since + latency  # events already pending: at most one batch per *latency*
+        if self.accel is not None:
+            return self._drain_ring(deadline, latency, ready)
         if self.head == self.tail and not self.closed:
             self._wait(0, deadline - start)
             ready = time.monotonic() + latency  # woken by the first event: gather for *latency*
@@ -428,13 +504,44 @@ class MonitorCore:
                 self._wait(self.cap // 2, ready - now)
         with self.lock:
             h, t = self.head, self.tail
-        n = h - t
+        c, r, objs, n = self._copy_out(h, t)
         if n <= 0:
             return None
+        with self.lock:
+            self.tail = t + n
+            ov = self.overflow
+            self.overflow = 0
+        return c, r, objs, ov
+
+    def _drain_ring(self, deadline: float, latency: float, ready: float
+                    ) -> Optional[tuple[np.ndarray, np.ndarray, Optional[list], int]]:
+        """:meth:`drain` on the compiled core's ring (the same steps, its counters in C)."""
+        accel, ring = self.accel, self.ring
+        if not accel.ring_pending(ring) and not self.closed:
+            self._wait(0, deadline - time.monotonic())
+            ready = time.monotonic() + latency
+        if latency > 0 and not self.closed and accel.ring_pending(ring):
+            ready = min(ready, deadline)
+            now = time.monotonic()
+            if ready > now:
+                self._wait(self.cap // 2, ready - now)
+        bounds = (ctypes.c_uint64 * 2)()
+        with self.pylock:  # see push_object
+            accel.ring_bounds(ring, bounds)
+        c, r, objs, n = self._copy_out(bounds[0], bounds[1])
+        if n <= 0:
+            return None
+        return c, r, objs, int(accel.ring_consume(ring, n))
+
+    def _copy_out(self, h: int, t: int) -> tuple[Any, Any, Optional[list], int]:
+        """Copies of rows t..h (counters) of the ring, and their objects (slots emptied); n = h - t."""
+        n = h - t
+        if n <= 0:
+            return None, None, None, 0
         cap = self.cap
         s = t % cap
         e = s + n
-        codes = np.frombuffer(self.codes, dtype=np.int64)
+        codes = self.codes_array
         if e <= cap:
             c = codes[s:e].copy()
             r = self.raw[s:e].copy()
@@ -449,11 +556,7 @@ class MonitorCore:
             if objs is not None:
                 self.objs[s:] = repeat(None, cap - s)
                 self.objs[:e] = repeat(None, e)
-        with self.lock:
-            self.tail = t + n
-            ov = self.overflow
-            self.overflow = 0
-        return c, r, objs, ov
+        return c, r, objs, n
 
     # -- teardown -----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -466,6 +569,8 @@ class MonitorCore:
                 self.closed = True
                 self.wake_at = _NEVER
                 self.event.set()
+            if self.accel is not None:
+                self.accel.ring_close(self.ring)
         ctx = self.ctx
         try:
             if ctx.alive:
@@ -475,6 +580,8 @@ class MonitorCore:
                 chids = self.chids[self.chids != 0].tolist()
                 list(map(lib.ca_clear_channel, chids))
                 lib.ca_flush_io()
+                # no subscription can call the core's callback with this ring any more: freed with self
+                self.ring_freeable = self.accel is not None
         finally:
             subs, chans = ctx.monitor_subs, ctx.monitor_channels
             for key in self.keys:
@@ -485,7 +592,17 @@ class MonitorCore:
         """Stop delivering now and leave the libca clean-up to the context (its next owner made, or
         ``clear_cache``): safe from ``__del__``, takes no lock and calls nothing in libca."""
         self.closed = True
+        if self.accel is not None:
+            self.accel.ring_close(self.ring)  # a mutex and a flag: no libca call
         self.ctx.orphan(self)
+
+    def __del__(self) -> None:
+        if self.ring_freeable:  # close() cleared every subscription that could write the ring
+            self.ring_freeable = False
+            try:
+                self.accel.ring_free(self.ring, self.slots)
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
 
 
 def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, np.ndarray]:
@@ -493,6 +610,19 @@ def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, n
     events), timestamp (POSIX seconds), status, severity, stamp_ns (the time stamps as EPICS-epoch int64
     nanoseconds, exact; None for the native form)."""
     n = len(codes)
+    accel = core.accel
+    if accel is not None and n:
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        raw = np.ascontiguousarray(raw, dtype=np.uint8)
+        time_form = core.form == "time"
+        cols = {"index": np.empty(n, dtype=np.int64), "kind": np.empty(n, dtype=np.int8),
+                "value": np.empty(n), "timestamp": np.empty(n), "status": np.empty(n, dtype=np.int16),
+                "severity": np.empty(n, dtype=np.int16),
+                "stamp_ns": np.empty(n, dtype=np.int64) if time_form else None}
+        accel.decode(raw.ctypes.data, codes.ctypes.data, n, core.vtype.ctypes.data, int(time_form),
+                     *(cols[k].ctypes.data if cols[k] is not None else None for k in (
+                         "index", "kind", "value", "timestamp", "status", "severity", "stamp_ns")))
+        return cols
     neg = codes < 0
     if neg.any():
         m = -1 - codes[neg]
@@ -503,13 +633,18 @@ def decode(core: MonitorCore, codes: np.ndarray, raw: np.ndarray) -> dict[str, n
     else:
         index = codes
         kind = np.zeros(n, dtype=np.int8)
-    value = np.full(n, np.nan)
     vt = core.vtype[index]
     vt[neg] = -1
-    for native, (fmt, col) in _VALUE_COLUMN.items():
-        sel = vt == native
-        if sel.any():
-            value[sel] = raw[sel].view(fmt)[:, col]
+    lo = int(vt.min()) if n else -1
+    if lo >= 0 and lo == int(vt.max()):  # the usual batch: value events of one native type
+        fmt, col = _VALUE_COLUMN[lo]
+        value = raw.view(fmt)[:, col].astype(np.float64)
+    else:
+        value = np.full(n, np.nan)
+        for native, (fmt, col) in _VALUE_COLUMN.items():
+            sel = vt == native
+            if sel.any():
+                value[sel] = raw[sel].view(fmt)[:, col]
     words = raw.view("<u4")
     halves = raw.view("<i2")
     stamp_ns = None
