@@ -380,6 +380,34 @@ def capar_many(names: List[str], workload: str, arg: Optional[int]) -> Dict[str,
     return out
 
 
+def capar_pure(names: List[str], workload: str, arg: Optional[int]) -> Dict[str, Any]:
+    """capar_group on the pure-ctypes path (no compiled core), side by side with the accelerated one."""
+    os.environ["CAPAR_CORE"] = "0"
+    return capar_group(names, workload, arg)
+
+
+# --------------------------------------------------------------------------------------------------
+# epics-rs (the Rust CA client of ophyd-epicsrs: its bulk read, ``get_ca_context().bulk_get``)
+# --------------------------------------------------------------------------------------------------
+def epicsrs(names: List[str], workload: str, arg: Optional[int]) -> Dict[str, Any]:
+    try:
+        from ophyd_epicsrs._contexts import get_ca_context
+    except ImportError as e:
+        raise Skip(f"ophyd-epicsrs not installed ({e})")
+    if workload == "waveform":
+        raise Skip("bulk_get of 100 x 100,000 doubles: not offered with a count")
+    ctx = get_ca_context()  # the context (its runtime and sockets) outside the timer, as for the others
+    out = timed_calls(lambda: ctx.bulk_get(names, timeout=GET_TIMEOUT), len(names), _rounds(workload, arg),
+                      warm=workload != "oneshot")
+    try:
+        from importlib.metadata import version
+
+        out["libca"] = f"ophyd-epicsrs {version('ophyd-epicsrs')} (Rust, no libca)"
+    except Exception:
+        pass
+    return out
+
+
 CLIENTS: Dict[str, Callable[[List[str], str, Optional[int]], Dict[str, Any]]] = {
     "pyepics_many": pyepics_many,
     "pyepics_pv": pyepics_pv,
@@ -387,6 +415,8 @@ CLIENTS: Dict[str, Callable[[List[str], str, Optional[int]], Dict[str, Any]]] = 
     "aioca": aioca_,
     "capar_acquire": capar_acquire,
     "capar_group": capar_group,
+    "capar_pure": capar_pure,
+    "epicsrs": epicsrs,
     "capar_many": capar_many,
     "capar_pv": capar_pv,
 }

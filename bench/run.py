@@ -26,8 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILD = os.path.join(HERE, ".build")
 
-PY_CLIENTS = ["pyepics_many", "pyepics_pv", "cothread", "aioca", "capar_acquire", "capar_group",
-              "capar_many", "capar_pv"]
+PY_CLIENTS = ["pyepics_many", "pyepics_pv", "cothread", "aioca", "epicsrs", "capar_acquire", "capar_group",
+              "capar_pure", "capar_many", "capar_pv"]
 C = "C libca"
 
 N_SCALARS = 100_000
@@ -56,6 +56,8 @@ WORKLOADS = [
              "oneshot", "s", 100_000, None, "pyepics_many", False),
     Workload("repeat_10x10k", "repeated reads: 10 rounds x 10,000 connected scalars",
              "repeat", "s", 10_000, 10, "pyepics_pv", True),
+    Workload("repeat_1000x100", "small batches: 1,000 reads of 100 connected scalars (a scan point's detectors)",
+             "repeat", "s", 100, 1000, "pyepics_pv", True),
     Workload("waveform_100x100k", "waveforms: one read of 100 x 100,000 doubles (connected)",
              "waveform", "w", N_WAVEFORMS, NELM, "pyepics_many", False),
 ]
