@@ -7,8 +7,10 @@ are reported in the Snapshot's ``ok``/``error`` columns (or as None / -1 in the 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -452,8 +454,8 @@ def caget_many(pvlist: Iterable[str], as_string: bool = False, as_numpy: bool = 
     """
     if conn_timeout is not None:
         connection_timeout = conn_timeout
-    snap = acquire(pvlist, form="native", timeout=timeout, connection_timeout=connection_timeout,
-                   count=count, as_string=as_string)
+    pvlist = list(pvlist)
+    snap = _read_cached(pvlist, timeout, connection_timeout, count, as_string)
     out = []
     for v, ok, err, name in zip(snap.values.tolist(), snap.ok.tolist(), snap.error.tolist(), snap.names):
         if not ok:
@@ -464,6 +466,47 @@ def caget_many(pvlist: Iterable[str], as_string: bool = False, as_numpy: bool = 
         else:
             out.append(v)
     return out
+
+
+_MANY_GROUPS = 8  # Groups kept per context for caget_many (the most recently used name lists)
+
+
+def _read_cached(pvlist: list, timeout: float, connection_timeout: float, count: Optional[int],
+                 as_string: bool) -> Snapshot:
+    """One native-form read of *pvlist* through a Group kept by the calling thread's context for the next
+    caget_many of the same names, as pyepics keeps its channels: a scan that reads the same detectors at
+    every point connects them once.  Channels not connected (yet) are waited for up to
+    *connection_timeout* seconds on every call, as a fresh read would; ``ca.clear_cache()`` closes them."""
+    try:
+        key = (tuple(pvlist), count, as_string)
+        hash(key)
+    except TypeError:  # unhashable entries (bad names): a one-shot read reports them per PV
+        return acquire(pvlist, form="native", timeout=timeout, connection_timeout=connection_timeout,
+                       count=count, as_string=as_string)
+    ctx = current()
+    cache = ctx.c_callback("caget_many_groups", lambda _ctx: OrderedDict())
+    with ctx.lock:
+        item = cache.get(key)
+        if item is not None and not item[0].closed:
+            cache.move_to_end(key)
+    if item is None or item[0].closed:
+        group = Group(pvlist, form="native", count=count, as_string=as_string,
+                      connection_timeout=connection_timeout)
+        item = (group, threading.Lock())
+        with ctx.lock:
+            cache[key] = item
+            evicted = [cache.popitem(last=False)[1] for _ in range(max(len(cache) - _MANY_GROUPS, 0))]
+        for old, lock in evicted:
+            with lock:
+                old.close()
+    group, lock = item
+    with lock:  # a Group reads one request at a time (its buffers are reused)
+        if group.closed:  # closed by clear_cache meanwhile
+            return acquire(pvlist, form="native", timeout=timeout, connection_timeout=connection_timeout,
+                           count=count, as_string=as_string)
+        if not group.connected.all():
+            group.reconnect(connection_timeout)
+        return group.get(timeout)
 
 
 def caput_many(pvlist: Iterable[str], values: Sequence[Any], wait: Union[bool, str] = False,

@@ -129,3 +129,29 @@ def test_big_waveform_round_trip(prefix):
         got = g.get(timeout=10).values[0]
         assert g.put([np.zeros(200000)], wait=True, timeout=10).ok.all()  # restore the db value
     assert np.array_equal(got, data)
+
+
+def test_caget_many_keeps_its_channels_for_the_next_call_as_pyepics(prefix):
+    """pyepics keeps the channels of caget_many; so does capar (a Group per name list, at most 8 per
+    context), with fresh values every call, and ca.clear_cache() closes them."""
+    from capar.ca.context import current
+
+    names = scalars(prefix, 50, 1200) + ["capar:test:many_dead"]
+    first = capar.caget_many(names, connection_timeout=0.3)
+    assert first[:50] == [float(i) for i in range(1200, 1250)] and first[50] is None
+    cache = current().c_callback("caget_many_groups", dict)
+    (group, _), = [item for key, item in cache.items() if key[0] == tuple(names)]
+    try:
+        capar.caput(prefix + "s1200", -5.0, wait=True)
+        again = capar.caget_many(names, connection_timeout=0.3)
+        assert again[0] == -5.0 and again[1:50] == first[1:50] and again[50] is None
+        assert [item for key, item in cache.items() if key[0] == tuple(names)][0][0] is group  # the same channels
+    finally:
+        capar.caput(prefix + "s1200", 1200.0, wait=True)
+    for k in range(9):  # nine other lists: the oldest Group is closed
+        assert capar.caget_many([prefix + f"s{k}"]) == [float(k)]
+    assert group.closed and all(key[0] != tuple(names) for key in cache)
+    kept = [g for g, _ in cache.values()]
+    capar.ca.clear_cache()
+    assert kept and all(g.closed for g in kept)
+    assert capar.caget_many(names[:3]) == [1200.0, 1201.0, 1202.0]
