@@ -47,11 +47,15 @@ bench: $(VENV)/.stamp-bench
 	$(PY) bench/run.py
 	$(PY) bench/coordinator_bench.py
 	$(PY) bench/monitor_bench.py --n 1000,5000
-	$(PY) bench/monitor_bench.py --n 20000 --clients C,capar,capar_k2
+	$(PY) bench/monitor_bench.py --n 20000 --clients C,capar,capar_pure,capar_k2
+	$(PY) bench/search_cycles.py
+	$(PY) bench/memory_bench.py
 	$(PY) bench/startup_bench.py
 	$(PY) bench/multi_ioc_bench.py
 	$(PY) bench/dask_bench.py
 	$(PY) bench/files_bench.py
+	$(PY) bench/aio_bench.py
+	$(PY) bench/bluesky_bench.py
 	$(PY) bench/multi_ioc_bench.py --iocs 1 --pvs 20000
 
 clean:

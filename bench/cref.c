@@ -12,6 +12,12 @@
  *                                    (ca_array_get of each + ca_pend_io)
  *   cref waveform NAMESFILE COUNT    connect outside the timer, then time one round of
  *                                    ca_array_get of COUNT doubles of each + ca_pend_io
+ *   cref cycles   NAMESFILE R        R one-shot cycles in ONE context: create all channels, wait until
+ *                                    all are connected (ca_pend_io, then ca_state polls), clear them;
+ *                                    one JSON line per cycle: seconds to all connected, how many were
+ *                                    connected after 1 s (libca's search retries show as late channels)
+ *   cref memory   NAMESFILE SUBSCRIBE  resident size before and after connecting every channel (and, with
+ *                                    SUBSCRIBE=1, a DBR_TIME_DOUBLE subscription each, events for 2 s)
  *   cref monitor  NAMESFILE SECONDS  subscribe (DBR_TIME_DOUBLE) to every channel, warm up 1 s, then
  *                                    count events per PV for SECONDS; reports delivered, expected
  *                                    (last - first + 1 per PV: the names are +1 counters) and CPU
@@ -183,6 +189,72 @@ static int monitor_mode(char **names, long n, chid *chids, double seconds, doubl
     return 0;
 }
 
+static long rss_kb(void)
+{
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    return rss * 4; /* 4 KiB pages */
+}
+
+static void count_event(struct event_handler_args args) { (void)args; }
+
+static int memory_mode(char **names, long n, chid *chids, int subscribe, double timeout)
+{
+    long i, connected, before = rss_kb();
+    evid ev;
+    connected = connect_all(names, n, chids, timeout);
+    if (subscribe) {
+        for (i = 0; i < n; i++)
+            if (ca_state(chids[i]) == cs_conn)
+                ca_create_subscription(DBR_TIME_DOUBLE, 1, chids[i], DBE_VALUE | DBE_ALARM, count_event, NULL, &ev);
+        ca_flush_io();
+        ca_pend_event(2.0);
+    }
+    printf("{\"client\": \"C\", \"n\": %ld, \"connected\": %ld, \"rss_before_kb\": %ld, \"rss_after_kb\": %ld}\n",
+           n, connected, before, rss_kb());
+    return 0;
+}
+
+static int cycles_mode(char **names, long n, chid *chids, long rounds, double timeout)
+{
+    long r, i, at1;
+    double t0, t, all;
+    for (r = 0; r < rounds; r++) {
+        t0 = now();
+        for (i = 0; i < n; i++)
+            if (ca_create_channel(names[i], NULL, NULL, CA_PRIORITY_DEFAULT, &chids[i]) != ECA_NORMAL)
+                fail("ca_create_channel", ECA_ALLOCMEM);
+        ca_pend_io(1.0); /* returns at once when all are connected; ECA_TIMEOUT after 1 s */
+        at1 = 0;
+        for (i = 0; i < n; i++)
+            at1 += ca_state(chids[i]) == cs_conn;
+        all = now() - t0;
+        if (at1 < n) {
+            long conn = at1;
+            while (conn < n && (t = now() - t0) < timeout) {
+                ca_pend_event(0.01);
+                conn = 0;
+                for (i = 0; i < n; i++)
+                    conn += ca_state(chids[i]) == cs_conn;
+            }
+            all = now() - t0;
+        }
+        printf("{\"cycle\": %ld, \"seconds\": %.4f, \"connected_at_1s\": %ld, \"n\": %ld}\n", r, all, at1, n);
+        fflush(stdout);
+        for (i = 0; i < n; i++)
+            ca_clear_channel(chids[i]);
+        for (i = 0; i < n; i++)
+            chids[i] = 0;
+        ca_flush_io();
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode, *env;
@@ -193,7 +265,7 @@ int main(int argc, char **argv)
     int status;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: %s oneshot|repeat|waveform|monitor NAMESFILE [R|COUNT|SECONDS]\n", argv[0]);
+        fprintf(stderr, "usage: %s oneshot|repeat|waveform|cycles|memory|monitor NAMESFILE [R|COUNT|SECONDS]\n", argv[0]);
         return 2;
     }
     mode = argv[1];
@@ -256,6 +328,10 @@ int main(int argc, char **argv)
                    "\"count\": %ld, \"full\": %ld}\n",
                    t1 - t0, ok, n, connected, count, full);
         }
+    } else if (strcmp(mode, "memory") == 0) {
+        memory_mode(names, n, chids, arg > 0, timeout);
+    } else if (strcmp(mode, "cycles") == 0) {
+        cycles_mode(names, n, chids, arg > 0 ? arg : 25, timeout);
     } else if (strcmp(mode, "monitor") == 0) {
         monitor_mode(names, n, chids, arg > 0 ? (double)arg : 10.0, timeout);
     } else {

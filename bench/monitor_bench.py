@@ -14,7 +14,8 @@ values plus a 1 s warm-up, then records for ``--seconds``:
   event.  The IOC's CPU is not counted.
 
 Clients: ``C`` (``bench/cref.c monitor``: a plain libca client counting in its callback), ``capar``
-(``capar.Monitor``; the consumer keeps per-PV first/last/count with numpy per batch), ``capar_k2``
+(``capar.Monitor``; the consumer keeps per-PV first/last/count with numpy per batch), ``capar_pure``
+(the same on the pure-ctypes path, ``CAPAR_CORE=0``), ``capar_k2``
 (``capar.Coordinator(2).monitor``; CPU of the parent and both workers) and ``pyepics`` (``epics.PV(..., callback=...)``, skipped when pyepics is not installed; its callback
 keeps the same per-PV bookkeeping in Python lists).
 """
@@ -102,6 +103,12 @@ def child_capar(prefix: str, n: int, seconds: float) -> None:
             mon.get_batch, n, seconds, lambda: sum(proc.cpu_times()[:2]))
     _report(n, elapsed, cpu, first, last, count,
             {"client": "capar", "batches": batches, "overflow": overflow, "connected": int(mon.connected.size)})
+
+
+def child_capar_pure(prefix: str, n: int, seconds: float) -> None:
+    """capar.Monitor on the pure-ctypes path (no compiled core), for a side-by-side figure."""
+    os.environ["CAPAR_CORE"] = "0"
+    child_capar(prefix, n, seconds)
 
 
 def child_capar_k2(prefix: str, n: int, seconds: float) -> None:
@@ -248,13 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="1000,5000", help="comma-separated PV counts")
     ap.add_argument("--seconds", type=float, default=10.0, help="recording window per client")
-    ap.add_argument("--clients", default="C,capar,capar_k2,pyepics")
+    ap.add_argument("--clients", default="C,capar,capar_pure,capar_k2,pyepics")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--child", nargs=4, metavar=("CLIENT", "PREFIX", "N", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         client, prefix, n, secs = args.child
-        {"capar": child_capar, "capar_k2": child_capar_k2, "C": child_c,
+        {"capar": child_capar, "capar_pure": child_capar_pure, "capar_k2": child_capar_k2, "C": child_c,
          "pyepics": child_pyepics}[client](prefix, int(n), float(secs))
         return 0
     results = run([int(x) for x in args.n.split(",")], args.seconds, args.clients.split(","))
