@@ -92,7 +92,7 @@ def _consume(get_batch: Any, n: int, seconds: float, cpu: Any) -> tuple:
     return time.monotonic() - t0, c1 - c0, first, last, count, batches, overflow
 
 
-def child_capar(prefix: str, n: int, seconds: float) -> None:
+def child_capar(prefix: str, n: int, seconds: float, label: str = "capar") -> None:
     import psutil
 
     import capar
@@ -102,13 +102,13 @@ def child_capar(prefix: str, n: int, seconds: float) -> None:
         elapsed, cpu, first, last, count, batches, overflow = _consume(
             mon.get_batch, n, seconds, lambda: sum(proc.cpu_times()[:2]))
     _report(n, elapsed, cpu, first, last, count,
-            {"client": "capar", "batches": batches, "overflow": overflow, "connected": int(mon.connected.size)})
+            {"client": label, "batches": batches, "overflow": overflow, "connected": int(mon.connected.size)})
 
 
 def child_capar_pure(prefix: str, n: int, seconds: float) -> None:
     """capar.Monitor on the pure-ctypes path (no compiled core), for a side-by-side figure."""
     os.environ["CAPAR_CORE"] = "0"
-    child_capar(prefix, n, seconds)
+    child_capar(prefix, n, seconds, "capar_pure")
 
 
 def child_capar_k2(prefix: str, n: int, seconds: float) -> None:
@@ -241,10 +241,10 @@ def run(ns: list[int], seconds: float, clients: list[str]) -> list[dict]:
 
 def _print_row(r: dict) -> None:
     if "skip" in r or "error" in r:
-        print(f"{r.get('client'):8s} N={r.get('n')}: {r.get('skip') or r.get('error')}", flush=True)
+        print(f"{r.get('client'):10s} N={r.get('n')}: {r.get('skip') or r.get('error')}", flush=True)
         return
     pct = 100.0 * r["delivered"] / r["expected"] if r["expected"] else 0.0
-    print(f"{r['client']:8s} N={r['n']:5d}  {r['seconds']:.1f} s  delivered/expected "
+    print(f"{r['client']:10s} N={r['n']:5d}  {r['seconds']:.1f} s  delivered/expected "
           f"{r['delivered']}/{r['expected']} ({pct:.2f}%)  events/s {r['delivered'] / r['seconds']:.0f}  "
           f"CPU {r['cpu']:.2f} s = {r['cpu_per_100k']:.2f} s per 100k events "
           f"({r['us_per_event']:.2f} us/event)"
