@@ -95,15 +95,20 @@ class CallbackChannels:
         except Exception:
             log.exception("capar: connection handler of %s raised", ch.name)
 
-
-    def _get_event(self, args: Any) -> None:
+    def _take_request(self, args: Any) -> Optional[tuple[_Chan, Any]]:
+        """The (channel, handler) of the completed request *args* is for, taken off the table; None when
+        it is unknown (the context closed, the channel cleared or the request abandoned)."""
         if self.ctx.closed:
-            return
+            return None
         key = args.usr or 0
         with self.lock:
             item = self.requests.pop(key, None)
             if item is not None:
                 item[0].requests.discard(key)
+        return item
+
+    def _get_event(self, args: Any) -> None:
+        item = self._take_request(args)
         if item is None:
             return
         status, ptr, dbrtype, count = args.status, args.dbr, args.type, args.count
@@ -114,13 +119,7 @@ class CallbackChannels:
             log.exception("capar: get handler of %s raised", item[0].name)
 
     def _put_event(self, args: Any) -> None:
-        if self.ctx.closed:
-            return
-        key = args.usr or 0
-        with self.lock:
-            item = self.requests.pop(key, None)
-            if item is not None:
-                item[0].requests.discard(key)
+        item = self._take_request(args)
         if item is None:
             return
         try:
