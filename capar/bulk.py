@@ -244,6 +244,8 @@ class Group:
             if dbr.native_type(dtype) == dbr.STRING:
                 strs = [c_string(b) for b in vals.tolist()]
                 values[good] = _obj(strs)
+                if cover:  # text has no float value (the column was not pre-filled)
+                    value[good] = np.nan
             else:
                 value[good] = vals
                 if self.as_string:

@@ -155,3 +155,15 @@ def test_caget_many_keeps_its_channels_for_the_next_call_as_pyepics(prefix):
     capar.ca.clear_cache()
     assert kept and all(g.closed for g in kept)
     assert capar.caget_many(names[:3]) == [1200.0, 1201.0, 1202.0]
+
+
+def test_text_pvs_have_nan_value_when_every_pv_is_a_connected_scalar(prefix):
+    """The all-connected-scalars fast path does not pre-fill columns: text PVs still read value NaN."""
+    names = [prefix + r for r in ("stringin", "stringout", "ao", "mbbo")]
+    for as_string in (False, True):
+        with Group(names, form="time", as_string=as_string) as g:
+            for _ in range(2):
+                s = g.get()
+                assert s.ok.all() and s.values[0] == "world"
+                assert np.isnan(s.value[0]) and np.isnan(s.value[1]) and s.value[2] == 3.5
+                assert np.isnan(s.value[3]) if as_string else s.value[3] == 2.0
