@@ -193,8 +193,9 @@ class Group:
         if self._plan is None or not self._plan[2]:
             self._recheck()
         groups, arrays, all_connected = self._read_plan()
-        # every PV a connected scalar: each element of the columns is written below (failed reads too)
-        cover = all_connected and not arrays.size
+        # every PV a connected scalar read with a time stamp: each element of the columns is written below
+        # (failed reads too); the ctrl form has no time stamps to write
+        cover = all_connected and not arrays.size and self.form != "ctrl"
         if cover:
             value, stamp = np.empty(u), np.empty(u)
             status, severity = np.empty(u, dtype=np.int16), np.empty(u, dtype=np.int16)

@@ -160,10 +160,15 @@ def test_caget_many_keeps_its_channels_for_the_next_call_as_pyepics(prefix):
 def test_text_pvs_have_nan_value_when_every_pv_is_a_connected_scalar(prefix):
     """The all-connected-scalars fast path does not pre-fill columns: text PVs still read value NaN."""
     names = [prefix + r for r in ("stringin", "stringout", "ao", "mbbo")]
-    for as_string in (False, True):
-        with Group(names, form="time", as_string=as_string) as g:
-            for _ in range(2):
-                s = g.get()
-                assert s.ok.all() and s.values[0] == "world"
-                assert np.isnan(s.value[0]) and np.isnan(s.value[1]) and s.value[2] == 3.5
-                assert np.isnan(s.value[3]) if as_string else s.value[3] == 2.0
+    for form in ("native", "time", "ctrl"):
+        for as_string in (False, True):
+            with Group(names, form=form, as_string=as_string) as g:
+                for _ in range(2):
+                    s = g.get()
+                    assert s.ok.all() and s.values[0] == "world"
+                    assert np.isnan(s.value[0]) and np.isnan(s.value[1]) and s.value[2] == 3.5
+                    assert np.isnan(s.value[3]) if as_string and form != "ctrl" else s.value[3] == 2.0
+                    if form == "ctrl":  # no time stamps in CTRL structs
+                        assert np.isnan(s.timestamp).all() and s.stamp_ns is None
+                    else:
+                        assert (np.abs(s.timestamp - time.time()) < 86400).all() and (s.stamp_ns > 0).all()
