@@ -243,3 +243,33 @@ print(s.value[:2].tolist(), s.error[2], values[0], c.describe())
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.split("\n")[0] == ("[1.0, 3.5] not connected -7.0 pure ctypes: no compiled core "
                                        "(no C compiler when capar was installed?)")
+
+
+@needs_core
+def test_single_channel_gets_identical_and_get_complete_after_a_timeout(ioc: Any, prefix: str) -> None:
+    """ca.get of a scalar runs in the core (a C callback wakes the caller); the same dict as the pure path,
+    and a get that timed out can still be completed, as pyepics documents."""
+    import signal
+
+    from capar import ca
+
+    recs = ["ao", "ai", "bo", "mbbo", "longout", "longin", "stringin", "int64in", "calc_alarm", "s5"]
+    for rec in recs:
+        chid = ca.create_channel(prefix + rec)
+        assert ca.connect_channel(chid, timeout=5.0)
+        for use_time, use_ctrl in ((False, False), (True, False), (False, True)):
+            ftype = ca.promote_type(chid, use_time=use_time, use_ctrl=use_ctrl)
+            for as_string in (False, True):
+                fast = ca.get_with_metadata(chid, ftype=ftype, as_string=as_string, timeout=5.0)
+                with pure_path():
+                    slow = ca.get_with_metadata(chid, ftype=ftype, as_string=as_string, timeout=5.0)
+                assert fast is not None and fast.keys() == slow.keys(), (rec, ftype, fast, slow)
+                assert all(_same(fast[k], slow[k]) for k in fast), (rec, ftype, fast, slow)
+    chid = ca.create_channel(prefix + "s7")
+    assert ca.connect_channel(chid, timeout=5.0) and ca.get(chid) == 7.0
+    os.kill(ioc.pid, signal.SIGSTOP)  # alive and connected, but silent
+    try:
+        assert ca.get(chid, timeout=0.3) is None
+    finally:
+        os.kill(ioc.pid, signal.SIGCONT)
+    assert ca.get_complete(chid, timeout=5.0) == 7.0

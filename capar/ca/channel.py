@@ -502,6 +502,52 @@ def _request_get(entry: ChannelEntry, ftype: int, count: int) -> None:
     lib.ca_flush_io()
 
 
+def _core_get_one(entry: ChannelEntry, core: Any, ftype: int, timeout: float) -> Any:
+    """One element of *ftype* read by the compiled core: (type, 1, raw DBR bytes), the exception the
+    regular path stores for a failed reply, or None when no reply came within *timeout* seconds (it is
+    dropped).  Waits in slices of at most 0.1 s (Ctrl-C is seen between two)."""
+    size = dbr.dbr_size_n(ftype, 1)
+    raw = np.empty(size, dtype=np.uint8)
+    chid = (ctypes.c_void_p * 1)(entry.chid)
+    done = ctypes.c_uint8(0)
+    status = ctypes.c_int32(0)
+    req = core.check_alloc(core.get_start(core.fns, ftype, 1, ctypes.addressof(chid), raw.ctypes.data, size, size,
+                                          ctypes.addressof(done), ctypes.addressof(status)), "a read request")
+    deadline = time.monotonic() + timeout
+    try:
+        left = 1
+        while left:
+            remaining = deadline - time.monotonic()
+            left = core.get_wait(core.fns, req, min(max(remaining, 0.0), 0.1), entry.ctx.preemptive)
+            if remaining <= 0.1:
+                break
+    finally:
+        finished = core.get_finish(req)
+    if done.value:
+        return ftype, 1, raw
+    if status.value == errors.ECA.NORMAL:  # no reply in time
+        if not finished:  # its callback is still due: freed by the context once it ran
+            entry.ctx.orphan(_CoreRequest(core, req))
+        return None
+    if not finished:
+        entry.ctx.orphan(_CoreRequest(core, req))
+    return ChannelAccessGetFailure(f"get of {entry.pvname!r} failed: {errors.eca_message(status.value)}",
+                                   entry.chid, status.value)
+
+
+class _CoreRequest:
+    """A compiled-core read request given up on before its callback ran (a context orphan): freed once
+    the callback has run (``close`` is called by the context's next owner or ``clear_cache``)."""
+
+    def __init__(self, core: Any, req: int) -> None:
+        self.core, self.req = core, req
+
+    def close(self) -> None:
+        if self.req and not self.core.req_reap(self.req):
+            return  # still due (or cancelled with its channel): a few bytes, left as they are
+        self.req = 0
+
+
 def _maybe_connect(entry: ChannelEntry, timeout: Optional[float]) -> bool:
     lib = entry.ctx.attach()
     if _is_conn(entry, lib):
@@ -531,6 +577,20 @@ def get_with_metadata(chid: Any, ftype: Optional[int] = None, count: Optional[in
         return None
     nelm = int(lib.ca_element_count(entry.chid))
     req = 0 if count is None else max(0, min(int(count), nelm))
+    core = entry.ctx.core
+    if wait and core is not None and nelm == 1 and entry.get_results.get(ftype) is not _PENDING:
+        # a scalar read by the compiled core: its C callback copies the reply and wakes this thread
+        result = _core_get_one(entry, core, ftype, default_get_timeout(1) if timeout is None else timeout)
+        if result is not None:
+            with entry.cond:
+                entry.get_results[ftype] = result  # what a later get_complete() returns, as after any get
+            if isinstance(result, Exception):
+                raise result
+            return _unpack_result(entry, result, count, as_string, as_numpy)
+        # no reply in time: a regular request, so that get_complete() can still wait for one
+        _request_get(entry, ftype, req)
+        log.warning("capar: get(%r) timed out", entry.pvname)
+        return None
     _request_get(entry, ftype, req)
     if not wait:
         return None
@@ -580,6 +640,12 @@ def get_complete_with_metadata(chid: Any, ftype: Optional[int] = None, count: Op
             return None
     if isinstance(result, Exception):
         raise result
+    return _unpack_result(entry, result, count, as_string, as_numpy)
+
+
+def _unpack_result(entry: ChannelEntry, result: tuple[int, int, np.ndarray], count: Optional[int],
+                   as_string: bool, as_numpy: bool) -> dict:
+    """The dict of :func:`get_with_metadata` from one reply (type, count, raw DBR bytes)."""
     rtype, rcount, raw = result
     values, header = dbr.decode(rtype, rcount, raw)
     md = dbr.unpack_metadata(rtype, header)
