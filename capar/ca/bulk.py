@@ -99,10 +99,7 @@ def _bulk_callback(ctx: CAContext) -> Any:
         if args.status != errors.ECA.NORMAL:
             result: Any = ("error", int(args.status))
         elif args.dbr:
-            size = dbr.dbr_size_n(args.type, args.count)
-            raw = np.empty(size, dtype=np.uint8)
-            ctypes.memmove(raw.ctypes.data, args.dbr, size)
-            result = ("ok", int(args.type), int(args.count), raw)
+            result = ("ok", *dbr.copy_event(args))
         else:  # put completion
             result = ("ok", int(args.type), int(args.count), None)
         latch.fill(slot, result)

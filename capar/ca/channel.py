@@ -126,14 +126,6 @@ def _connect_callback(ctx: CAContext) -> Any:
     return ConnectionCallback(on_connect)
 
 
-def _copy_dbr(args: Any) -> tuple[int, int, np.ndarray]:
-    size = dbr.dbr_size_n(args.type, args.count)
-    raw = np.empty(size, dtype=np.uint8)
-    if size:
-        ctypes.memmove(raw.ctypes.data, args.dbr, size)
-    return int(args.type), int(args.count), raw
-
-
 def _get_callback(ctx: CAContext) -> Any:
     channels = ctx.channels
 
@@ -146,7 +138,7 @@ def _get_callback(ctx: CAContext) -> Any:
             result: Any = ChannelAccessGetFailure(
                 f"get of {entry.pvname!r} failed: {errors.eca_message(args.status)}", entry.chid, args.status)
         else:
-            result = _copy_dbr(args)
+            result = dbr.copy_event(args)
         with entry.cond:
             entry.get_results[ftype] = result
             entry.cond.notify_all()
@@ -189,7 +181,7 @@ def _event_callback(ctx: CAContext) -> Any:
         entry = channels.get(args.chid or 0)
         if entry is None:
             return
-        ftype, count, raw = _copy_dbr(args)
+        ftype, count, raw = dbr.copy_event(args)
         try:
             values, header = dbr.decode(ftype, count, raw)
             kwds: dict[str, Any] = {"ftype": ftype, "count": count, "chid": entry.chid, "pvname": entry.pvname}

@@ -150,6 +150,16 @@ def dbr_size_n(ftype: int, count: int) -> int:
     return dt.itemsize + max(count - 1, 0) * _VALUE[native_type(ftype)].itemsize
 
 
+def copy_event(args: Any) -> tuple[int, int, np.ndarray]:
+    """(type, count, raw bytes) of the DBR data of a libca get/subscription callback (its
+    ``event_handler_args``), copied out of libca's buffer, which is only valid during the callback."""
+    size = dbr_size_n(args.type, args.count)
+    raw = np.empty(size, dtype=np.uint8)
+    if size:
+        _ctypes.memmove(raw.ctypes.data, args.dbr, size)
+    return int(args.type), int(args.count), raw
+
+
 def to_posix(secs: Any, nsec: Any) -> Any:
     """EPICS (secs, nsec) since 1990 → POSIX seconds (float or float array)."""
     return np.add(np.add(secs, EPICS2UNIX_EPOCH, dtype=np.float64), np.multiply(nsec, 1e-9))
