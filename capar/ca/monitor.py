@@ -68,7 +68,7 @@ _NEVER = 1 << 62  # wake_at when no consumer waits
 _C_SLICE = 0.1  # seconds: longest wait inside the compiled core (Ctrl-C is seen between two)
 _memmove = ctypes.memmove
 _string_at = ctypes.string_at
-_pack_into = struct.Struct("<hhII").pack_into
+_HEADER_STRUCT = struct.Struct("<hhII")  # status, severity, secs, nsec: a row's header
 
 # value of each scalar TIME struct, as (view dtype, column) of a (n, 24) uint8 row array
 _VALUE_COLUMN = {
@@ -310,29 +310,7 @@ class MonitorCore:
             value = np.empty(cnt, dtype=dt)
             if cnt:
                 _memmove(value.ctypes.data, src + voff, cnt * dt.itemsize)
-        if self.accel is not None:
-            with self.pylock:  # the consumer reads the bounds under it: the object is there before the row
-                slot = self.accel.ring_push(self.ring, i, src, _HEADER if self.form == "time" else 0)
-                if slot >= 0:
-                    self.objs[slot] = value
-            return
-        with self.lock:
-            if self.closed:
-                return
-            h = self.head
-            p = h - self.tail
-            if p >= self.cap:
-                self.overflow += 1
-                return
-            slot = h % self.cap
-            if self.form == "time":
-                _memmove(self.base + slot * ROW, src, _HEADER)
-            self.objs[slot] = value
-            self.codes[slot] = i
-            self.head = h + 1
-            if p >= self.wake_at:
-                self.wake_at = _NEVER
-                self.event.set()
+        self._push(i, _string_at(src, _HEADER) if self.form == "time" else None, value)
 
     def push_connection(self, i: int, up: bool) -> None:
         """A connection (kind 1) or disconnection (kind 2) event, stamped with the local time."""
@@ -340,10 +318,16 @@ class MonitorCore:
         secs = int(now - dbr.EPICS2UNIX_EPOCH)
         nsec = int((now - int(now)) * 1e9)
         status, sev = (0, 0) if up else (_COMM_ALARM, _INVALID_ALARM)
+        self._push(-1 - 2 * i - (0 if up else 1), _HEADER_STRUCT.pack(status, sev, secs, nsec))
+
+    def _push(self, code: int, header: Optional[bytes], obj: Any = None) -> None:
+        """One row written by Python (strings, arrays, connections): *code*, the 12-byte *header* (status,
+        severity, time stamp; None leaves it) and *obj* into ``objs``, on the core's ring or the Python one."""
         if self.accel is not None:
-            header = struct.pack("<hhII", status, sev, secs, nsec)
-            with self.pylock:
-                self.accel.ring_push(self.ring, -1 - 2 * i - (0 if up else 1), header, _HEADER)
+            with self.pylock:  # the consumer reads the bounds under it: the object is there before the row
+                slot = self.accel.ring_push(self.ring, code, header, _HEADER if header is not None else 0)
+                if slot >= 0 and obj is not None:
+                    self.objs[slot] = obj
             return
         with self.lock:
             if self.closed:
@@ -354,8 +338,11 @@ class MonitorCore:
                 self.overflow += 1
                 return
             slot = h % self.cap
-            _pack_into(self.raw.data, slot * ROW, status, sev, secs, nsec)
-            self.codes[slot] = -1 - 2 * i - (0 if up else 1)
+            if header is not None:
+                self.rawmv[slot * ROW:slot * ROW + _HEADER] = header
+            if obj is not None:
+                self.objs[slot] = obj
+            self.codes[slot] = code
             self.head = h + 1
             if p >= self.wake_at:
                 self.wake_at = _NEVER
