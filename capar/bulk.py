@@ -487,7 +487,7 @@ def _read_cached(pvlist: list, timeout: float, connection_timeout: float, count:
         return acquire(pvlist, form="native", timeout=timeout, connection_timeout=connection_timeout,
                        count=count, as_string=as_string)
     ctx = current()
-    cache = ctx.c_callback("caget_many_groups", lambda _ctx: OrderedDict())
+    cache = ctx.kept("caget_many_groups", lambda _ctx: OrderedDict())
     with ctx.lock:
         item = cache.get(key)
         if item is not None and not item[0].closed:

@@ -139,7 +139,7 @@ def test_caget_many_keeps_its_channels_for_the_next_call_as_pyepics(prefix):
     names = scalars(prefix, 50, 1200) + ["capar:test:many_dead"]
     first = capar.caget_many(names, connection_timeout=0.3)
     assert first[:50] == [float(i) for i in range(1200, 1250)] and first[50] is None
-    cache = current().c_callback("caget_many_groups", dict)
+    cache = current().kept("caget_many_groups", dict)
     (group, _), = [item for key, item in cache.items() if key[0] == tuple(names)]
     try:
         capar.caput(prefix + "s1200", -5.0, wait=True)

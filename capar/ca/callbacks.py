@@ -53,6 +53,17 @@ _SIZES[STSACK_STRING] = (8 + dbr.MAX_STRING_SIZE, dbr.MAX_STRING_SIZE)
 _SIZES[CLASS_NAME] = (dbr.MAX_STRING_SIZE, dbr.MAX_STRING_SIZE)
 
 
+def _deliver(item: tuple["_Chan", DataHandler], args: Any, what: str) -> None:
+    """Call the DataHandler of *item* with the event *args* (its DBR bytes copied out of libca's buffer,
+    valid only during the callback); an exception in the handler is logged, never raised into libca."""
+    status, ptr, dbrtype, count = args.status, args.dbr, args.type, args.count
+    raw = _string_at(ptr, raw_size(dbrtype, count)) if status == _NORMAL and ptr else None
+    try:
+        item[1](status, dbrtype, count, raw)
+    except Exception:
+        log.exception("capar: %s handler of %s raised", what, item[0].name)
+
+
 class _Chan:
     __slots__ = ("key", "chid", "name", "on_connection", "requests", "subs")
 
@@ -109,14 +120,8 @@ class CallbackChannels:
 
     def _get_event(self, args: Any) -> None:
         item = self._take_request(args)
-        if item is None:
-            return
-        status, ptr, dbrtype, count = args.status, args.dbr, args.type, args.count
-        raw = _string_at(ptr, raw_size(dbrtype, count)) if status == _NORMAL and ptr else None
-        try:
-            item[1](status, dbrtype, count, raw)
-        except Exception:
-            log.exception("capar: get handler of %s raised", item[0].name)
+        if item is not None:
+            _deliver(item, args, "get")
 
     def _put_event(self, args: Any) -> None:
         item = self._take_request(args)
@@ -131,14 +136,8 @@ class CallbackChannels:
         if self.ctx.closed:
             return
         item = self.subs.get(args.usr or 0)
-        if item is None:
-            return
-        status, ptr, dbrtype, count = args.status, args.dbr, args.type, args.count
-        raw = _string_at(ptr, raw_size(dbrtype, count)) if status == _NORMAL and ptr else None
-        try:
-            item[1](status, dbrtype, count, raw)
-        except Exception:
-            log.exception("capar: subscription handler of %s raised", item[0].name)
+        if item is not None:
+            _deliver(item, args, "subscription")
 
     # -- channels -------------------------------------------------------------------------------------
     def create_channel(self, name: str, on_connection: ConnHandler) -> int:
@@ -290,4 +289,4 @@ def for_context(ctx: Optional[CAContext] = None) -> CallbackChannels:
     """The :class:`CallbackChannels` of *ctx* (default: the calling thread's context, attached first): one
     per context, kept by the context itself (no table of this module's)."""
     ctx = ctx if ctx is not None else current()
-    return ctx.c_callback("callback_channels", CallbackChannels)
+    return ctx.kept("callback_channels", CallbackChannels)

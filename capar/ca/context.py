@@ -183,15 +183,18 @@ class CAContext:
             self._next_key += 1
             return k
 
-    def c_callback(self, name: str, factory: Callable[["CAContext"], Any]) -> Any:
-        """The CFUNCTYPE object *name* of this context, made once by ``factory(self)`` and kept alive."""
-        cb = self._c.get(name)
-        if cb is None:
+    def kept(self, name: str, factory: Callable[["CAContext"], Any]) -> Any:
+        """The object *name* of this context -- one of its C callbacks (CFUNCTYPE objects bound to it), or an
+        upper layer's per-context table -- made once by ``factory(self)`` and kept as long as the context."""
+        obj = self._c.get(name)
+        if obj is None:
             with self.lock:
-                cb = self._c.get(name)
-                if cb is None:
-                    cb = self._c[name] = factory(self)
-        return cb
+                obj = self._c.get(name)
+                if obj is None:
+                    obj = self._c[name] = factory(self)
+        return obj
+
+    c_callback = kept  # the name the callback factories use
 
     # -- use --------------------------------------------------------------------------------------------
     @property
