@@ -105,6 +105,8 @@ def test_put_bad_values_fail_alone(prefix):
         with pytest.raises(ValueError):
             g.put([1.0, 2.0])
     assert capar.caget_many([prefix + "s1800", prefix + "longout", prefix + "s1801"]) == [1.25, 42, 2.5]
+    # the session IOC's values back (other modules read s<i> == i, in whatever order they run)
+    assert capar.caput_many([prefix + "s1800", prefix + "s1801"], [1800.0, 1801.0], wait=True) == [1, 1]
 
 
 def test_caget_many_and_caput_many(prefix):
@@ -120,6 +122,7 @@ def test_caget_many_and_caput_many(prefix):
     assert capar.caget_many(targets[:2]) == [7.0, 8.0]
     with pytest.raises(ValueError):
         capar.caput_many(targets, [1.0])
+    assert capar.caput_many(targets[:2], [1900.0, 1901.0], wait=True) == [1, 1]  # the IOC's values back
 
 
 def test_big_waveform_round_trip(prefix):
